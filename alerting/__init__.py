@@ -1,0 +1,4 @@
+"""alerting."""
+
+from __future__ import annotations
+

@@ -1,0 +1,4 @@
+"""connectors."""
+
+from __future__ import annotations
+

@@ -1,0 +1,4 @@
+"""simulators."""
+
+from __future__ import annotations
+

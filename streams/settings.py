@@ -1,0 +1,122 @@
+"""Typed configuration from the environment (prefix ``URBAN_``, nested with ``__``).
+
+Only entrypoints build :class:`Settings`; everything else takes explicit arguments.
+Example: ``URBAN_KAFKA__BOOTSTRAP_SERVERS=broker:9092``, ``URBAN_INFLUX__TOKEN=...``.
+Secrets are :class:`~pydantic.SecretStr` and never appear in ``repr`` or logs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Section):
+    """Kafka (or Kafka-protocol) broker and topic names."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    readings_topic: str = "urban.readings.v1"
+    aggregates_topic: str = "urban.aggregates.v1"
+    alerts_topic: str = "urban.alerts.v1"
+    dlq_topic: str = "urban.readings.dlq.v1"
+    late_topic: str = "urban.readings.late.v1"
+    #: Extra Kafka-native feed topics consumed straight by the worker (comma separated).
+    extra_source_topics: str = ""
+    partitions: int = Field(default=4, ge=1, le=1024)
+    replication_factor: int = Field(default=1, ge=1)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+
+
+class MqttSettings(_Section):
+    """MQTT broker the bridge subscribes to."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    topic_root: str = "city"
+    client_id: str = "urbansense-bridge"
+    qos: Literal[0, 1, 2] = 1
+    username: str | None = None
+    password: SecretStr | None = None
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    keepalive_s: int = Field(default=30, ge=5)
+
+
+class InfluxSettings(_Section):
+    """Time-series store. Empty ``url`` means the embedded SQLite store."""
+
+    url: str = ""
+    version: Literal[1, 2] = 2
+    token: SecretStr | None = None
+    org: str = "urbansense"
+    bucket: str = "urbansense"
+    database: str = "urbansense"
+    username: str | None = None
+    password: SecretStr | None = None
+    batch_size: int = Field(default=5000, ge=1)
+    flush_interval_ms: int = Field(default=1000, ge=10)
+    max_retries: int = Field(default=5, ge=0)
+    timeout_ms: int = Field(default=10_000, ge=100)
+
+
+class StoreSettings(_Section):
+    """The embedded store used when no InfluxDB is configured."""
+
+    path: Path = Path("var/urbansense.db")
+
+
+class WindowSettings(_Section):
+    """Event-time windowing of the worker."""
+
+    size_ms: int = Field(default=60_000, ge=1000)
+    #: How far behind the newest event of a partition a reading may arrive and still count.
+    allowed_lateness_ms: int = Field(default=5_000, ge=0)
+    #: Extra time a window stays open after the watermark passes its end.
+    grace_ms: int = Field(default=0, ge=0)
+    #: Wall-clock time after which a silent partition's watermark is advanced anyway.
+    idle_timeout_ms: int = Field(default=30_000, ge=1000)
+
+
+class AlertingSettings(_Section):
+    """Alert rules."""
+
+    rules_file: Path | None = None
+
+
+class Settings(BaseSettings):
+    """All UrbanSense settings. Built once, by an entrypoint."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="URBAN_", env_nested_delimiter="__", frozen=True, extra="ignore"
+    )
+
+    app_id: str = "urbansense"
+    data_dir: Path = Path("var")
+    web_port: int = Field(default=6066, ge=0, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    max_payload_bytes: int = Field(default=64 * 1024, ge=256)
+    kafka: KafkaSettings = KafkaSettings()
+    mqtt: MqttSettings = MqttSettings()
+    influx: InfluxSettings = InfluxSettings()
+    store: StoreSettings = StoreSettings()
+    window: WindowSettings = WindowSettings()
+    alerting: AlertingSettings = AlertingSettings()
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.influx.url and self.influx.version == 2 and self.influx.token is None:
+            msg = "URBAN_INFLUX__TOKEN is required when URBAN_INFLUX__URL is set with URBAN_INFLUX__VERSION=2"
+            raise ValueError(msg)
+        return self
