@@ -1,0 +1,188 @@
+"""Faust wiring: topics, the window table, agents, the idle timer and the stats page.
+
+Agents only move bytes between Kafka and :class:`~streams.pipeline.Pipeline`; they make no
+decisions. Window state lives in the ``windows`` table (a changelog topic), written with the
+source record's partition so a restarted or rebalanced worker restores exactly its partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import faust
+import orjson
+
+from alerting.rules import load_rules
+from connectors.influx import open_sink
+from connectors.lineprotocol import Point, aggregate_point, alert_point
+from streams.engine import WindowSpec
+from streams.errors import InvalidReading, SinkError
+from streams.pipeline import Output, Pipeline, Record
+from streams.schema import parse_reading
+from streams.deadletter import dead_letter
+from streams.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+READINGS_BATCH = 2000
+SINK_BATCH = 5000
+
+
+def wall_ms() -> int:
+    """The adapter's clock (the core never reads it)."""
+    return time.time_ns() // 1_000_000
+
+
+def _ts(ms: int) -> float:
+    # Faust converts seconds back with int(ts * 1000.0); the half millisecond keeps it exact.
+    return (ms + 0.5) / 1000.0
+
+
+def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one place that wires it all
+    """Declare the UrbanSense topics, table, agents, timer and web views on ``app``."""
+    k = settings.kafka
+    w = settings.window
+    raw = {"key_serializer": "raw", "value_serializer": "raw"}
+    readings = app.topic(k.readings_topic, partitions=k.partitions, **raw)
+    aggregates = app.topic(k.aggregates_topic, partitions=k.partitions, **raw)
+    alerts = app.topic(k.alerts_topic, partitions=k.partitions, **raw)
+    dlq = app.topic(k.dlq_topic, partitions=k.partitions, **raw)
+    late = app.topic(k.late_topic, partitions=k.partitions, **raw)
+    table = app.Table(
+        "windows", partitions=k.partitions, key_serializer="json", value_serializer="json",
+        help="Open event-time windows per sensor, and each partition's watermark.",
+    )
+    pipeline = Pipeline(
+        WindowSpec(w.size_ms, w.allowed_lateness_ms, w.grace_ms, w.idle_timeout_ms),
+        load_rules(settings.alerting.rules_file),
+        max_payload_bytes=settings.max_payload_bytes,
+    )
+    app.urbansense_pipeline = pipeline  # type: ignore[attr-defined]
+    sink_stats = {"points_written": 0, "write_failures": 0}
+
+    async def emit(out: Output) -> None:
+        for dl in out.dead_letters:
+            await dlq.send(key=dl.key, value=dl.value, headers=dl.headers)
+        for rec, info in out.late:
+            headers = [
+                ("urban.late.by_ms", str(info.late_by_ms).encode()),
+                ("urban.late.watermark_ms", str(info.watermark_ms).encode()),
+                ("urban.late.window_start_ms", str(info.window_start_ms).encode()),
+                ("urban.late.source", f"kafka:{rec.topic}/{rec.partition}@{rec.offset}".encode()),
+            ]
+            await late.send(key=rec.key, value=rec.value, headers=headers, timestamp=_ts(info.reading.ts_ms))
+        for agg in out.aggregates:
+            await aggregates.send(
+                key=agg["sensor_id"].encode(), value=orjson.dumps(agg), timestamp=_ts(agg["start_ms"])
+            )
+        for alert in out.alerts:
+            logger.warning(
+                "alert raised alert_id=%s rule=%s severity=%s sensor_id=%s zone=%s value=%s threshold=%s",
+                alert["alert_id"], alert["rule"], alert["severity"], alert["sensor_id"], alert["zone"],
+                alert["value"], alert["threshold"],
+            )
+            await alerts.send(key=alert["alert_id"].encode(), value=orjson.dumps(alert), timestamp=_ts(alert["ts_ms"]))
+        data = table.data
+        for partition, key, value in out.state:
+            data[key] = value
+            table.send_changelog(partition, key, value)
+
+    @app.agent(readings, name="urbansense.windows")
+    async def windows(stream: faust.StreamT) -> AsyncIterator[None]:
+        async for events in stream.take_events(READINGS_BATCH, within=0.2):
+            records = [
+                Record(e.message.partition, e.message.offset, e.value, e.key, e.message.topic) for e in events
+            ]
+            await emit(pipeline.process(records, wall_ms(), table.data.items()))
+            yield None
+
+    extra = [t.strip() for t in k.extra_source_topics.split(",") if t.strip()]
+    if extra:
+        native = app.topic(*extra, **raw)
+
+        @app.agent(native, name="urbansense.kafka_ingest")
+        async def kafka_ingest(stream: faust.StreamT) -> AsyncIterator[None]:
+            """Validate a Kafka-native feed and forward it, keyed by sensor, to the readings topic."""
+            async for event in stream.events():
+                msg = event.message
+                now = wall_ms()
+                try:
+                    reading = parse_reading(event.value, now_ms=now, max_bytes=settings.max_payload_bytes)
+                except InvalidReading as err:
+                    source = f"kafka:{msg.topic}/{msg.partition}@{msg.offset}"
+                    logger.warning("dead-lettered reading source=%s reason=%s", source, err.reason)
+                    dl = dead_letter(event.value, err, source=source, now_ms=now, key=event.key)
+                    pipeline.counters.dead_letters += 1
+                    await dlq.send(key=dl.key, value=dl.value, headers=dl.headers)
+                else:
+                    await readings.send(
+                        key=reading.sensor_id.encode(), value=event.value, timestamp=_ts(reading.ts_ms)
+                    )
+                yield None
+
+    sink_topics = app.topic(k.aggregates_topic, k.alerts_topic, **raw)
+
+    @app.agent(sink_topics, name="urbansense.timeseries")
+    async def timeseries(stream: faust.StreamT) -> AsyncIterator[None]:
+        """Write aggregates and alerts to the time-series store, acknowledging after each write."""
+        sink = open_sink(settings)
+        try:
+            async for events in stream.take_events(SINK_BATCH, within=0.5):
+                points: list[Point] = []
+                for e in events:
+                    doc = orjson.loads(e.value)
+                    points.append(alert_point(doc) if e.message.topic == k.alerts_topic else aggregate_point(doc))
+                delay = 1.0
+                while True:  # never drop: hold the batch (and the offsets) until it is written
+                    try:
+                        await sink.write(points)
+                        break
+                    except SinkError as exc:
+                        sink_stats["write_failures"] += 1
+                        logger.error("time-series write failed points=%d retry_in_s=%.0f error=%s",
+                                     len(points), delay, exc)
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 30.0)
+                sink_stats["points_written"] += len(points)
+                yield None
+        finally:
+            await sink.close()
+
+    @app.on_partitions_assigned.connect
+    async def _assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
+        pipeline.forget()
+
+    @app.on_partitions_revoked.connect
+    async def _revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        pipeline.forget()
+
+    @app.timer(interval=1.0)
+    async def idle_tick() -> None:
+        recovery = app.tables.recovery
+        if not recovery.completed.is_set():
+            return
+        for tp in app.consumer.assignment():
+            if tp.topic == k.readings_topic and tp.partition not in pipeline.partitions:
+                pipeline.partition(tp.partition, table.data.items())
+        await emit(pipeline.tick(wall_ms()))
+
+    @app.page("/urbansense/stats/")
+    async def stats(web_: Any, request: Any) -> Any:
+        c = pipeline.counters
+        body = {
+            "readings_in": c.readings_in,
+            "readings_counted": c.readings_counted,
+            "dead_letters": c.dead_letters,
+            "late": c.late,
+            "duplicates": c.duplicates,
+            "aggregates": c.aggregates,
+            "alerts": c.alerts,
+            "open_windows": sum(pw.open_windows for pw in pipeline.partitions.values()),
+            "watermarks_ms": {str(p): pw.watermark_ms for p, pw in pipeline.partitions.items()},
+            **sink_stats,
+        }
+        return web_.json(body)

@@ -1,0 +1,60 @@
+"""Build the Faust application from :class:`~streams.settings.Settings` (no import-time effects)."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import faust
+
+from streams.settings import KafkaSettings, Settings
+
+
+def broker_credentials(kafka: KafkaSettings) -> faust.auth.Credentials | None:
+    """Faust/aiokafka credentials matching the confluent-kafka client configuration."""
+    ctx: ssl.SSLContext | None = None
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        ctx = ssl.create_default_context(cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None)
+    if kafka.security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=kafka.sasl_username,
+            password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
+            mechanism=kafka.sasl_mechanism or "PLAIN",
+            ssl_context=ctx,
+        )
+    if ctx is not None:
+        return faust.SSLCredentials(ctx)
+    return None
+
+
+def create_app(settings: Settings, **overrides: Any) -> faust.App:
+    """A configured Faust app with the UrbanSense agents, tables and web views attached."""
+    from streams.agents import attach  # agents need the app; keep the import local
+
+    k = settings.kafka
+    servers = ";".join(f"kafka://{s.strip()}" for s in k.bootstrap_servers.split(",") if s.strip())
+    conf: dict[str, Any] = {
+        "broker": servers,
+        "store": "memory://",
+        "topic_partitions": k.partitions,
+        "topic_replication_factor": k.replication_factor,
+        "topic_allow_declare": True,
+        "producer_acks": -1,
+        "consumer_auto_offset_reset": "earliest",
+        "web_port": settings.web_port,
+        "web_host": "127.0.0.1",
+        "web_in_thread": False,
+        "datadir": str(settings.data_dir / "faust" / settings.app_id),
+        "autodiscover": False,
+        "broker_commit_every": 1000,
+        "broker_commit_interval": 1.0,
+        "stream_buffer_maxsize": 8192,
+        "table_standby_replicas": 0,
+    }
+    creds = broker_credentials(k)
+    if creds is not None:
+        conf["broker_credentials"] = creds
+    conf.update(overrides)
+    app = faust.App(settings.app_id, **conf)
+    attach(app, settings)
+    return app

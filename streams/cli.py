@@ -1,0 +1,147 @@
+"""The ``urbansense`` command: Faust's CLI plus ``bridge``, ``simulate``, ``demo`` and ``history``.
+
+``urbansense worker`` is Faust's own worker command. The others are Faust app commands
+(``app.command``), so all share one ``--help`` and one configuration (``URBAN_*`` variables).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+
+import click
+import faust
+from faust.cli import option
+
+from streams.app import create_app
+from streams.errors import UrbanSensingError
+from streams.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def _configure_logging(level: str) -> None:
+    root = logging.getLogger()
+    if not root.handlers:  # leave handlers set up by Faust or an embedding program alone
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _stop_event() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def source_topics(settings: Settings) -> dict[str, int]:
+    """Topics the worker reads or writes, with the partition count the tables expect."""
+    k = settings.kafka
+    names = [k.readings_topic, k.aggregates_topic, k.alerts_topic, k.dlq_topic, k.late_topic]
+    names += [t.strip() for t in k.extra_source_topics.split(",") if t.strip()]
+    return dict.fromkeys(names, k.partitions)
+
+
+def register_commands(app: faust.App, settings: Settings) -> None:
+    """Attach the UrbanSense commands to ``app``'s CLI."""
+
+    @app.command(
+        option("--max-seconds", type=float, default=0.0, help="Stop after this many seconds (0: run until signalled)."),
+    )
+    async def bridge(self: object, max_seconds: float) -> None:
+        """Bridge MQTT (city/<kind>/<zone>/<sensor_id>) to the Kafka readings topic."""
+        from connectors.kafka import client_config, ensure_topics
+        from connectors.mqtt import MqttBridge
+
+        _configure_logging(settings.log_level)
+        ensure_topics(client_config(settings.kafka), source_topics(settings))
+        stop = _stop_event()
+        if max_seconds > 0:
+            threading.Timer(max_seconds, stop.set).start()
+        b = MqttBridge.from_settings(settings)
+        try:
+            b.run(stop)
+        finally:
+            b.close()
+            logger.info("bridge stopped counters=%s", b.counters)
+
+    @app.command(
+        option("--transport", type=click.Choice(["mqtt", "kafka", "file"]), default="mqtt", show_default=True),
+        option("--sensors", type=int, default=200, show_default=True, help="Number of sensors (all four kinds)."),
+        option("--interval", default="10s", show_default=True, help="Event-time step between readings of a sensor."),
+        option("--duration", default="1h", show_default=True, help="Simulated time span."),
+        option("--start", default="-1h", show_default=True, help="Simulated start: RFC 3339 UTC or relative (-1h)."),
+        option("--speed", type=float, default=0.0, show_default=True,
+               help="N times real time (0: as fast as possible)."),
+        option("--malformed-every", type=int, default=0, show_default=True,
+               help="Mix in one malformed message every N readings (0: none)."),
+        option("--seed", type=int, default=7, show_default=True),
+        option("--out", default="var/simulated.jsonl", show_default=True, help="File for --transport file."),
+    )
+    async def simulate(
+        self: object, transport: str, sensors: int, interval: str, duration: str, start: str,
+        speed: float, malformed_every: int, seed: int, out: str,
+    ) -> None:
+        """Simulate city feeds (traffic, environment, crowd, IoT) and publish them."""
+        from simulators.run import run_simulation
+
+        _configure_logging(settings.log_level)
+        stop = _stop_event()
+        n = run_simulation(settings, transport=transport, sensors=sensors, interval=interval, duration=duration,
+                           start=start, speed=speed, malformed_every=malformed_every, seed=seed, out=out, stop=stop)
+        click.echo(f"published {n} messages via {transport}")
+
+    @app.command(
+        option("--duration", type=float, default=60.0, show_default=True, help="Seconds to run (0: until Ctrl-C)."),
+        option("--sensors", type=int, default=200, show_default=True),
+    )
+    async def demo(self: object, duration: float, sensors: int) -> None:
+        """Run the whole pipeline on this machine: broker, worker, bridge, simulators; print a summary."""
+        from streams.demo import run_demo
+
+        _configure_logging(settings.log_level)
+        run_demo(settings, duration_s=duration, sensors=sensors)
+
+    @app.command(
+        option("--sensor", required=True, help="Sensor id."),
+        option("--metric", required=True, help="Metric name, e.g. pm25."),
+        option("--since", default="1h", show_default=True, help="Relative start (30m, 1h, 7d)."),
+        option("--until", default="0s", show_default=True, help="Relative end (0s: now)."),
+        option("--every", default=None, help="Downsample into buckets of this size (e.g. 5m)."),
+        option("--agg", type=click.Choice(["mean", "min", "max", "sum", "count"]), default="mean", show_default=True),
+        option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True),
+    )
+    async def history(
+        self: object, sensor: str, metric: str, since: str, until: str, every: str | None, agg: str, fmt: str
+    ) -> None:
+        """Read a sensor's window aggregates back from the configured store."""
+        from connectors.history import HistoryQuery, format_rows, parse_duration, query_history
+
+        now = time.time_ns() // 1_000_000
+        q = HistoryQuery(
+            sensor_id=sensor, metric=metric, since_ms=now - parse_duration(since), until_ms=now - parse_duration(until),
+            every_ms=parse_duration(every) if every else None, agg=agg,  # type: ignore[arg-type]
+        )
+        click.echo(format_rows(query_history(settings, q), fmt))  # type: ignore[arg-type]
+
+
+def main() -> None:
+    """Entry point of the ``urbansense`` console script."""
+    try:
+        settings = Settings()
+    except Exception as exc:  # pydantic.ValidationError: show it without a traceback
+        click.echo(f"urbansense: invalid configuration: {exc}", err=True)
+        sys.exit(2)
+    app = create_app(settings)
+    register_commands(app, settings)
+    if len(sys.argv) > 1 and sys.argv[1] == "worker":
+        from connectors.kafka import client_config, ensure_topics
+
+        try:
+            ensure_topics(client_config(settings.kafka), source_topics(settings))
+        except UrbanSensingError as exc:
+            click.echo(f"urbansense worker: {exc}", err=True)
+            sys.exit(2)
+    app.main()
