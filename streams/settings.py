@@ -8,10 +8,18 @@ Secrets are :class:`~pydantic.SecretStr` and never appear in ``repr`` or logs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _int_if_digits(value: object) -> object:
+    # Environment values arrive as strings; Literal[1, 2] needs the int.
+    return int(value) if isinstance(value, str) and value.strip().isdigit() else value
+
+
+IntChoice = BeforeValidator(_int_if_digits)
 
 
 class _Section(BaseModel):
@@ -45,7 +53,7 @@ class MqttSettings(_Section):
     port: int = Field(default=1883, ge=1, le=65535)
     topic_root: str = "city"
     client_id: str = "urbansense-bridge"
-    qos: Literal[0, 1, 2] = 1
+    qos: Annotated[Literal[0, 1, 2], IntChoice] = 1
     username: str | None = None
     password: SecretStr | None = None
     tls_ca: Path | None = None
@@ -58,7 +66,7 @@ class InfluxSettings(_Section):
     """Time-series store. Empty ``url`` means the embedded SQLite store."""
 
     url: str = ""
-    version: Literal[1, 2] = 2
+    version: Annotated[Literal[1, 2], IntChoice] = 2
     token: SecretStr | None = None
     org: str = "urbansense"
     bucket: str = "urbansense"
