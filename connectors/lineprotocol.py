@@ -1,0 +1,196 @@
+"""InfluxDB line protocol: points and their exact encoding (pure, no I/O).
+
+Every time-series writer (InfluxDB 1.x, 2.x and the embedded SQLite store) takes
+:class:`Point` objects, so the layout below is defined once, here.
+
+Measurement ``window_agg`` (one point per closed window, time = ``start_ms``):
+
+==========  ==================================================================================
+tags        ``kind, zone, sensor_id, metric, unit, window, window_size_ms`` (size as a decimal
+            string, e.g. ``"60000"``); a tag whose value is empty is omitted
+fields      ``count`` (integer), ``sum, mean, min, max, std, first, last`` (float),
+            optional ``score`` (float) and ``model_version`` (string)
+==========  ==================================================================================
+
+Measurement ``alert`` (time = ``ts_ms``):
+
+==========  ==================================================================================
+tags        ``rule, severity, state, kind, zone, sensor_id`` (omitted when None), ``metric``
+fields      ``alert_id`` (string), ``value, threshold`` (float), ``latency_ms`` (integer),
+            ``message`` (string)
+==========  ==================================================================================
+
+Timestamps are epoch milliseconds (write precision ``ms``). Float fields are always written as
+floats (``3.0``, never ``3``) so a field's type never flips between integer and float.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+AGG_MEASUREMENT: Final = "window_agg"
+ALERT_MEASUREMENT: Final = "alert"
+AGG_TAGS: Final = ("kind", "zone", "sensor_id", "metric", "unit", "window", "window_size_ms")
+AGG_FLOAT_FIELDS: Final = ("sum", "mean", "min", "max", "std", "first", "last")
+ALERT_TAGS: Final = ("rule", "severity", "state", "kind", "zone", "sensor_id", "metric")
+
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
+# Influx 1.x has no escape for a backslash in names and tag values, and none for line breaks.
+_FORBIDDEN_IN_KEYS: Final = ("\\", "\n", "\r")
+_MEASUREMENT_ESCAPES: Final = str.maketrans({",": r"\,", " ": r"\ "})
+_KEY_ESCAPES: Final = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
+_STRING_ESCAPES: Final = str.maketrans({"\\": "\\\\", '"': '\\"'})
+
+FieldValue = float | int | str | bool
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """One InfluxDB point.
+
+    Attributes:
+        measurement: measurement name.
+        tags: tag key to non-empty value.
+        fields: field key to value; ``int`` is written as an integer field, ``float`` as float.
+        time_ms: timestamp in epoch milliseconds.
+    """
+
+    measurement: str
+    tags: Mapping[str, str]
+    fields: Mapping[str, FieldValue]
+    time_ms: int
+
+
+def _check_name(point: Point, what: str, name: str) -> None:
+    if not name:
+        msg = f"point measurement={point.measurement!r}: empty {what}"
+        raise ValueError(msg)
+    if any(ch in name for ch in _FORBIDDEN_IN_KEYS):
+        msg = (
+            f"point measurement={point.measurement!r}: {what} {name!r} contains a backslash or "
+            "line break, which line protocol cannot carry"
+        )
+        raise ValueError(msg)
+
+
+def _field(point: Point, key: str, value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, numbers.Integral):
+        as_int = int(value)
+        if not _INT64_MIN <= as_int <= _INT64_MAX:
+            msg = (
+                f"point measurement={point.measurement!r} field {key!r}: "
+                f"expected int64, got {as_int}"
+            )
+            raise ValueError(msg)
+        return f"{as_int}i"
+    if isinstance(value, numbers.Real):
+        as_float = float(value)
+        if not math.isfinite(as_float):
+            msg = (
+                f"point measurement={point.measurement!r} field {key!r}: "
+                f"expected a finite float, got {as_float}"
+            )
+            raise ValueError(msg)
+        return repr(as_float)  # shortest text that reads back as the same double
+    if isinstance(value, str):
+        return '"' + value.translate(_STRING_ESCAPES) + '"'
+    msg = (
+        f"point measurement={point.measurement!r} field {key!r}: "
+        f"expected float, int, str or bool, got {type(value).__name__}"
+    )
+    raise ValueError(msg)
+
+
+def encode_line(point: Point) -> str:
+    """Encode one point as a line of line protocol (no trailing newline).
+
+    Raises:
+        ValueError: empty measurement, key or tag value; a name with a backslash or line break;
+            no fields; a non-finite float or an int outside int64. The message names the
+            measurement and the field.
+
+    Example:
+        >>> encode_line(Point("m", {"b": "x y", "a": "1"}, {"v": 3.0, "n": 2, "s": 'say "hi"'}, 5))
+        'm,a=1,b=x\\\\ y v=3.0,n=2i,s="say \\\\"hi\\\\"" 5'
+    """
+    _check_name(point, "measurement", point.measurement)
+    if point.measurement.startswith("#"):
+        msg = f"point measurement={point.measurement!r}: a leading '#' makes the line a comment"
+        raise ValueError(msg)
+    if not point.fields:
+        msg = f"point measurement={point.measurement!r}: expected at least one field, got none"
+        raise ValueError(msg)
+    parts = [point.measurement.translate(_MEASUREMENT_ESCAPES)]
+    for key in sorted(point.tags):
+        tag = point.tags[key]
+        _check_name(point, "tag key", key)
+        _check_name(point, f"value of tag {key!r}", tag)
+        parts.append(f",{key.translate(_KEY_ESCAPES)}={tag.translate(_KEY_ESCAPES)}")
+    fields = []
+    for key, value in point.fields.items():
+        _check_name(point, "field key", key)
+        fields.append(f"{key.translate(_KEY_ESCAPES)}={_field(point, key, value)}")
+    return f"{''.join(parts)} {','.join(fields)} {int(point.time_ms)}"
+
+
+def encode_lines(points: Iterable[Point]) -> bytes:
+    """Encode points as a UTF-8 line protocol body, one line per point.
+
+    Example:
+        >>> encode_lines([Point("m", {}, {"v": 1}, 1), Point("m", {}, {"v": 0.5}, 2)])
+        b'm v=1i 1\\nm v=0.5 2'
+    """
+    return "\n".join(encode_line(p) for p in points).encode()
+
+
+def _tags(record: Mapping[str, Any], keys: Iterable[str]) -> dict[str, str]:
+    return {k: str(record[k]) for k in keys if record.get(k) not in (None, "")}
+
+
+def aggregate_point(agg: Mapping[str, Any]) -> Point:
+    """Build the ``window_agg`` point of one aggregate record.
+
+    Example:
+        >>> p = aggregate_point({"sensor_id": "s1", "kind": "iot", "zone": "", "metric": "t",
+        ...     "unit": "C", "window": "tumbling", "size_ms": 60000, "start_ms": 0, "count": 2,
+        ...     "sum": 3, "mean": 1.5, "min": 1, "max": 2, "std": 0.5, "first": 1, "last": 2})
+        >>> encode_line(p)
+        'window_agg,kind=iot,metric=t,sensor_id=s1,unit=C,window=tumbling,window_size_ms=60000 \
+count=2i,sum=3.0,mean=1.5,min=1.0,max=2.0,std=0.5,first=1.0,last=2.0 0'
+    """
+    tags = _tags({**agg, "window_size_ms": agg["size_ms"]}, AGG_TAGS)
+    fields: dict[str, FieldValue] = {"count": int(agg["count"])}
+    fields.update({k: float(agg[k]) for k in AGG_FLOAT_FIELDS})
+    if agg.get("score") is not None:
+        fields["score"] = float(agg["score"])
+    if agg.get("model_version") is not None:
+        fields["model_version"] = str(agg["model_version"])
+    return Point(AGG_MEASUREMENT, tags, fields, int(agg["start_ms"]))
+
+
+def alert_point(alert: Mapping[str, Any]) -> Point:
+    """Build the ``alert`` point of one alert record.
+
+    Example:
+        >>> p = alert_point({"alert_id": "a1", "rule": "hi", "severity": "warning",
+        ...     "state": "raised", "sensor_id": None, "kind": "iot", "zone": "z", "metric": "t",
+        ...     "value": 9, "threshold": 8, "ts_ms": 7, "latency_ms": 3, "message": "t > 8"})
+        >>> encode_line(p)
+        'alert,kind=iot,metric=t,rule=hi,severity=warning,state=raised,zone=z \
+alert_id="a1",value=9.0,threshold=8.0,latency_ms=3i,message="t > 8" 7'
+    """
+    fields: dict[str, FieldValue] = {
+        "alert_id": str(alert["alert_id"]),
+        "value": float(alert["value"]),
+        "threshold": float(alert["threshold"]),
+        "latency_ms": int(alert["latency_ms"]),
+        "message": str(alert["message"]),
+    }
+    return Point(ALERT_MEASUREMENT, _tags(alert, ALERT_TAGS), fields, int(alert["ts_ms"]))
