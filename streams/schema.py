@@ -217,7 +217,7 @@ def parse_reading(raw: bytes, *, now_ms: int, max_bytes: int = MAX_PAYLOAD_BYTES
             "bad_id", f"{where} field 'sensor_id': expected [A-Za-z0-9][A-Za-z0-9_.:-]{{0,127}}, got {_show(sensor_id)}"
         )
     kind = doc["kind"]
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise InvalidReading("bad_kind", f"{where} field 'kind': expected one of {sorted(KINDS)}, got {_show(kind)}")
     zone = doc["zone"]
     if not isinstance(zone, str) or not _ID_RE.fullmatch(zone):
