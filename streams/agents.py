@@ -53,7 +53,8 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
     dlq = app.topic(k.dlq_topic, partitions=k.partitions, **raw)
     late = app.topic(k.late_topic, partitions=k.partitions, **raw)
     table = app.Table(
-        "windows", partitions=k.partitions, key_serializer="json", value_serializer="json",
+        "windows", partitions=k.partitions,
+        schema=faust.Schema(key_serializer="json", value_serializer="json"),
         help="Open event-time windows per sensor, and each partition's watermark.",
     )
     pipeline = Pipeline(

@@ -32,6 +32,8 @@ def create_app(settings: Settings, **overrides: Any) -> faust.App:
     from streams.agents import attach  # agents need the app; keep the import local
 
     k = settings.kafka
+    datadir = settings.data_dir / "faust" / settings.app_id
+    datadir.mkdir(parents=True, exist_ok=True)
     servers = ";".join(f"kafka://{s.strip()}" for s in k.bootstrap_servers.split(",") if s.strip())
     conf: dict[str, Any] = {
         "broker": servers,
@@ -44,8 +46,10 @@ def create_app(settings: Settings, **overrides: Any) -> faust.App:
         "web_port": settings.web_port,
         "web_host": "127.0.0.1",
         "web_in_thread": False,
-        "datadir": str(settings.data_dir / "faust" / settings.app_id),
+        "datadir": str(datadir),
         "autodiscover": False,
+        "broker_session_timeout": k.session_timeout_ms / 1000.0,
+        "broker_heartbeat_interval": min(3.0, k.session_timeout_ms / 4000.0),
         "broker_commit_every": 1000,
         "broker_commit_interval": 1.0,
         "stream_buffer_maxsize": 8192,

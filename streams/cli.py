@@ -25,8 +25,11 @@ logger = logging.getLogger(__name__)
 
 def _configure_logging(level: str) -> None:
     root = logging.getLogger()
-    if not root.handlers:  # leave handlers set up by Faust or an embedding program alone
+    if not root.handlers:  # keep handlers set up by Faust or an embedding program
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root.setLevel(level)  # Faust's CLI sets app commands (and its handler) to WARN
+    for handler in root.handlers:
+        handler.setLevel(level)
 
 
 def _stop_event() -> threading.Event:

@@ -44,6 +44,9 @@ class KafkaSettings(_Section):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     ssl_cafile: Path | None = None
+    #: Consumer-group session timeout of the worker. A member that dies without leaving holds
+    #: its partitions this long, and (on Tansu) a join waits about half of it.
+    session_timeout_ms: int = Field(default=10_000, ge=3000)
 
 
 class MqttSettings(_Section):
