@@ -156,5 +156,6 @@ def _rule(entry: dict[str, Any], where: str) -> ThresholdRule:
     if isinstance(level, bool) or not isinstance(level, int | float):
         msg = f"{where} field 'level': expected a number, got {level!r}"
         raise RuleError(msg)
-    return ThresholdRule(str(entry["name"]), str(entry["kind"]), str(entry["metric"]), entry["op"],
-                         float(level), field, severity)
+    return ThresholdRule(
+        str(entry["name"]), str(entry["kind"]), str(entry["metric"]), entry["op"], float(level), field, severity
+    )

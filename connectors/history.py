@@ -38,6 +38,7 @@ from influxdb_client.client.influxdb_client import InfluxDBClient
 
 from connectors.lineprotocol import AGG_MEASUREMENT
 from streams.errors import SinkError
+from streams.schema import format_ts
 
 if TYPE_CHECKING:
     from streams.settings import InfluxSettings, Settings
@@ -425,12 +426,12 @@ def format_rows(rows: Iterable[Row], fmt: OutputFormat = "table") -> str:
 
     Example:
         >>> print(format_rows([{"time_ms": 0, "value": 1.5}, {"time_ms": 60000, "value": 2.0}]))
-        time_ms  value
-        -------  -----
-              0    1.5
-          60000    2.0
+        time                      time_ms  value
+        ------------------------  -------  -----
+        1970-01-01T00:00:00.000Z        0    1.5
+        1970-01-01T00:01:00.000Z    60000    2.0
     """
-    rows = list(rows)
+    rows = [{"time": format_ts(r["time_ms"]), **r} if "time_ms" in r else r for r in rows]
     if fmt == "json":
         return orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode()
     if fmt not in get_args(OutputFormat):

@@ -67,15 +67,26 @@ def run_simulation(
     bad = malformed_corpus(max(steps * sensors // malformed_every, 1), seed, now_ms) if malformed_every else []
     logger.info(
         "simulating sensors=%d steps=%d interval_ms=%d start_ms=%d speed=%s transport=%s",
-        sensors, steps, interval_ms, start_ms, speed or "max", transport,
+        sensors,
+        steps,
+        interval_ms,
+        start_ms,
+        speed or "max",
+        transport,
     )
 
     def messages() -> Iterator[tuple[str, bytes, int]]:
         t0 = time.monotonic()
         n = 0
         bad_i = 0
-        batches = generate(city, start_ms=start_ms, interval_ms=interval_ms, steps=steps, seed=seed,
-                           incidents=default_incidents(start_ms, span_ms))
+        batches = generate(
+            city,
+            start_ms=start_ms,
+            interval_ms=interval_ms,
+            steps=steps,
+            seed=seed,
+            incidents=default_incidents(start_ms, span_ms),
+        )
         for k, batch in enumerate(batches):
             if stop.is_set():
                 return
@@ -96,14 +107,20 @@ def run_simulation(
 
         m = settings.mqtt
         return publish_mqtt(
-            messages(), host=m.host, port=m.port, client_id=f"{m.client_id}-sim-{seed}", qos=m.qos,
-            username=m.username, password=m.password.get_secret_value() if m.password else None,
+            messages(),
+            host=m.host,
+            port=m.port,
+            client_id=f"{m.client_id}-sim-{seed}",
+            qos=m.qos,
+            username=m.username,
+            password=m.password.get_secret_value() if m.password else None,
         )
     if transport == "kafka":
         from simulators.publish import publish_kafka
 
-        return publish_kafka(messages(), producer_config=producer_config(settings.kafka),
-                             topic=settings.kafka.readings_topic)
+        return publish_kafka(
+            messages(), producer_config=producer_config(settings.kafka), topic=settings.kafka.readings_topic
+        )
     from pathlib import Path
 
     from simulators.publish import write_jsonl

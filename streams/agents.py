@@ -19,11 +19,11 @@ import orjson
 from alerting.rules import load_rules
 from connectors.influx import open_sink
 from connectors.lineprotocol import Point, aggregate_point, alert_point
+from streams.deadletter import dead_letter
 from streams.engine import WindowSpec
 from streams.errors import InvalidReading, SinkError
 from streams.pipeline import Output, Pipeline, Record
 from streams.schema import parse_reading
-from streams.deadletter import dead_letter
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,8 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
     dlq = app.topic(k.dlq_topic, partitions=k.partitions, **raw)
     late = app.topic(k.late_topic, partitions=k.partitions, **raw)
     table = app.Table(
-        "windows", partitions=k.partitions,
+        "windows",
+        partitions=k.partitions,
         schema=faust.Schema(key_serializer="json", value_serializer="json"),
         help="Open event-time windows per sensor, and each partition's watermark.",
     )
@@ -83,8 +84,13 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
         for alert in out.alerts:
             logger.warning(
                 "alert raised alert_id=%s rule=%s severity=%s sensor_id=%s zone=%s value=%s threshold=%s",
-                alert["alert_id"], alert["rule"], alert["severity"], alert["sensor_id"], alert["zone"],
-                alert["value"], alert["threshold"],
+                alert["alert_id"],
+                alert["rule"],
+                alert["severity"],
+                alert["sensor_id"],
+                alert["zone"],
+                alert["value"],
+                alert["threshold"],
             )
             await alerts.send(key=alert["alert_id"].encode(), value=orjson.dumps(alert), timestamp=_ts(alert["ts_ms"]))
         data = table.data
@@ -95,9 +101,7 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
     @app.agent(readings, name="urbansense.windows")
     async def windows(stream: faust.StreamT) -> AsyncIterator[None]:
         async for events in stream.take_events(READINGS_BATCH, within=0.2):
-            records = [
-                Record(e.message.partition, e.message.offset, e.value, e.key, e.message.topic) for e in events
-            ]
+            records = [Record(e.message.partition, e.message.offset, e.value, e.key, e.message.topic) for e in events]
             await emit(pipeline.process(records, wall_ms(), table.data.items()))
             yield None
 
@@ -120,9 +124,7 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
                     pipeline.counters.dead_letters += 1
                     await dlq.send(key=dl.key, value=dl.value, headers=dl.headers)
                 else:
-                    await readings.send(
-                        key=reading.sensor_id.encode(), value=event.value, timestamp=_ts(reading.ts_ms)
-                    )
+                    await readings.send(key=reading.sensor_id.encode(), value=event.value, timestamp=_ts(reading.ts_ms))
                 yield None
 
     sink_topics = app.topic(k.aggregates_topic, k.alerts_topic, **raw)
@@ -144,8 +146,9 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
                         break
                     except SinkError as exc:
                         sink_stats["write_failures"] += 1
-                        logger.error("time-series write failed points=%d retry_in_s=%.0f error=%s",
-                                     len(points), delay, exc)
+                        logger.error(
+                            "time-series write failed points=%d retry_in_s=%.0f error=%s", len(points), delay, exc
+                        )
                         await asyncio.sleep(delay)
                         delay = min(delay * 2, 30.0)
                 sink_stats["points_written"] += len(points)

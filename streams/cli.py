@@ -47,6 +47,19 @@ def source_topics(settings: Settings) -> dict[str, int]:
     return dict.fromkeys(names, k.partitions)
 
 
+def _instant(text: str, now_ms: int) -> int:
+    """'now', a duration back from now ('1h'), or an RFC 3339 UTC timestamp, as epoch ms."""
+    from connectors.history import parse_duration
+    from streams.schema import parse_ts
+
+    text = text.strip()
+    if text == "now":
+        return now_ms
+    if text[:1].isdigit() and "T" not in text:
+        return now_ms - parse_duration(text)
+    return parse_ts(text, "time")
+
+
 def register_commands(app: faust.App, settings: Settings) -> None:
     """Attach the UrbanSense commands to ``app``'s CLI."""
 
@@ -76,24 +89,49 @@ def register_commands(app: faust.App, settings: Settings) -> None:
         option("--interval", default="10s", show_default=True, help="Event-time step between readings of a sensor."),
         option("--duration", default="1h", show_default=True, help="Simulated time span."),
         option("--start", default="-1h", show_default=True, help="Simulated start: RFC 3339 UTC or relative (-1h)."),
-        option("--speed", type=float, default=0.0, show_default=True,
-               help="N times real time (0: as fast as possible)."),
-        option("--malformed-every", type=int, default=0, show_default=True,
-               help="Mix in one malformed message every N readings (0: none)."),
+        option(
+            "--speed", type=float, default=0.0, show_default=True, help="N times real time (0: as fast as possible)."
+        ),
+        option(
+            "--malformed-every",
+            type=int,
+            default=0,
+            show_default=True,
+            help="Mix in one malformed message every N readings (0: none).",
+        ),
         option("--seed", type=int, default=7, show_default=True),
         option("--out", default="var/simulated.jsonl", show_default=True, help="File for --transport file."),
     )
     async def simulate(
-        self: object, transport: str, sensors: int, interval: str, duration: str, start: str,
-        speed: float, malformed_every: int, seed: int, out: str,
+        self: object,
+        transport: str,
+        sensors: int,
+        interval: str,
+        duration: str,
+        start: str,
+        speed: float,
+        malformed_every: int,
+        seed: int,
+        out: str,
     ) -> None:
         """Simulate city feeds (traffic, environment, crowd, IoT) and publish them."""
         from simulators.run import run_simulation
 
         _configure_logging(settings.log_level)
         stop = _stop_event()
-        n = run_simulation(settings, transport=transport, sensors=sensors, interval=interval, duration=duration,
-                           start=start, speed=speed, malformed_every=malformed_every, seed=seed, out=out, stop=stop)
+        n = run_simulation(
+            settings,
+            transport=transport,
+            sensors=sensors,
+            interval=interval,
+            duration=duration,
+            start=start,
+            speed=speed,
+            malformed_every=malformed_every,
+            seed=seed,
+            out=out,
+            stop=stop,
+        )
         click.echo(f"published {n} messages via {transport}")
 
     @app.command(
@@ -110,8 +148,18 @@ def register_commands(app: faust.App, settings: Settings) -> None:
     @app.command(
         option("--sensor", required=True, help="Sensor id."),
         option("--metric", required=True, help="Metric name, e.g. pm25."),
-        option("--since", default="1h", show_default=True, help="Relative start (30m, 1h, 7d)."),
-        option("--until", default="0s", show_default=True, help="Relative end (0s: now)."),
+        option(
+            "--since",
+            default="1h",
+            show_default=True,
+            help="Start: a duration back from now (30m, 1h, 7d) or an RFC 3339 UTC time.",
+        ),
+        option(
+            "--until",
+            default="now",
+            show_default=True,
+            help="End: 'now', a duration back from now, or an RFC 3339 UTC time.",
+        ),
         option("--every", default=None, help="Downsample into buckets of this size (e.g. 5m)."),
         option("--agg", type=click.Choice(["mean", "min", "max", "sum", "count"]), default="mean", show_default=True),
         option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True),
@@ -123,11 +171,20 @@ def register_commands(app: faust.App, settings: Settings) -> None:
         from connectors.history import HistoryQuery, format_rows, parse_duration, query_history
 
         now = time.time_ns() // 1_000_000
-        q = HistoryQuery(
-            sensor_id=sensor, metric=metric, since_ms=now - parse_duration(since), until_ms=now - parse_duration(until),
-            every_ms=parse_duration(every) if every else None, agg=agg,  # type: ignore[arg-type]
-        )
-        click.echo(format_rows(query_history(settings, q), fmt))  # type: ignore[arg-type]
+        try:
+            q = HistoryQuery(
+                sensor_id=sensor,
+                metric=metric,
+                since_ms=_instant(since, now),
+                until_ms=_instant(until, now),
+                every_ms=parse_duration(every) if every else None,
+                agg=agg,  # type: ignore[arg-type]
+            )
+            rows = query_history(settings, q)
+        except (UrbanSensingError, ValueError) as exc:
+            click.echo(f"urbansense history: {exc}", err=True)
+            raise SystemExit(2) from None
+        click.echo(format_rows(rows, fmt))  # type: ignore[arg-type]
 
 
 def main() -> None:

@@ -69,13 +69,15 @@ def run_demo(settings: Settings, *, duration_s: float, sensors: int) -> dict[str
     web_port = _free_port()
     env = dict(os.environ)
     app_id = f"urbansense-demo-{int(time.time())}"
-    env.update({
-        "URBAN_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{port}",
-        "URBAN_APP_ID": app_id,
-        "URBAN_WEB_PORT": str(web_port),
-        "URBAN_WINDOW__IDLE_TIMEOUT_MS": env.get("URBAN_WINDOW__IDLE_TIMEOUT_MS", "3000"),
-        "URBAN_MQTT__CLIENT_ID": f"{app_id}-bridge",
-    })
+    env.update(
+        {
+            "URBAN_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{port}",
+            "URBAN_APP_ID": app_id,
+            "URBAN_WEB_PORT": str(web_port),
+            "URBAN_WINDOW__IDLE_TIMEOUT_MS": env.get("URBAN_WINDOW__IDLE_TIMEOUT_MS", "3000"),
+            "URBAN_MQTT__CLIENT_ID": f"{app_id}-bridge",
+        }
+    )
     store = "InfluxDB at " + settings.influx.url if settings.influx.url else f"embedded store {settings.store.path}"
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     tansu = start_tansu(port, logs / "tansu.log")
@@ -86,8 +88,13 @@ def run_demo(settings: Settings, *, duration_s: float, sensors: int) -> dict[str
 
     def spawn(name: str, *args: str) -> subprocess.Popen[bytes]:
         log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen([sys.executable, "-m", "streams", *args], env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streams", *args],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         procs.append((name, proc))
         return proc
 
@@ -97,20 +104,38 @@ def run_demo(settings: Settings, *, duration_s: float, sensors: int) -> dict[str
         ensure_topics(cfg, source_topics(settings))
         click.echo(f"demo: broker tansu on 127.0.0.1:{port}; time series -> {store}; logs in {logs}/")
         spawn("worker", "worker", "-l", "info", "--web-port", str(web_port))
+        mqtt_addr = f"{settings.mqtt.host}:{settings.mqtt.port}"
         mqtt_up = _answers(settings.mqtt.host, settings.mqtt.port)
         if mqtt_up:
-            click.echo(f"demo: MQTT broker answers on {settings.mqtt.host}:{settings.mqtt.port}: simulators -> MQTT -> bridge -> Kafka")
+            click.echo(
+                f"demo: MQTT broker answers on {mqtt_addr}: simulators -> MQTT -> bridge -> Kafka"
+            )
             spawn("bridge", "bridge")
             transport = "mqtt"
         else:
-            click.echo(f"demo: no MQTT broker on {settings.mqtt.host}:{settings.mqtt.port}: simulators publish to Kafka directly")
+            click.echo(
+                f"demo: no MQTT broker on {mqtt_addr}: simulators publish to Kafka directly"
+            )
             transport = "kafka"
         time.sleep(3.0)
         span_s = max(duration_s, 10.0)
         sim = spawn(
-            "simulator", "simulate", "--transport", transport, "--sensors", str(sensors), "--interval", "10s",
-            "--duration", f"{int(span_s * 60)}s", "--start", f"-{int(span_s * 60) + 120}s",
-            "--speed", "60", "--malformed-every", "500",
+            "simulator",
+            "simulate",
+            "--transport",
+            transport,
+            "--sensors",
+            str(sensors),
+            "--interval",
+            "10s",
+            "--duration",
+            f"{int(span_s * 60)}s",
+            "--start",
+            f"-{int(span_s * 60) + 120}s",
+            "--speed",
+            "60",
+            "--malformed-every",
+            "500",
         )
         click.echo(f"demo: running for {duration_s:.0f} s with {sensors} sensors (simulated time at 60x) ...")
         deadline = time.monotonic() + duration_s if duration_s > 0 else float("inf")

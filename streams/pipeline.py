@@ -95,7 +95,10 @@ class Pipeline:
             if pw.sensors:
                 logger.info(
                     "restored window state partition=%d sensors=%d open_windows=%d watermark_ms=%d",
-                    partition, len(pw.sensors), pw.open_windows, pw.watermark_ms,
+                    partition,
+                    len(pw.sensors),
+                    pw.open_windows,
+                    pw.watermark_ms,
                 )
         return pw
 
@@ -130,7 +133,9 @@ class Pipeline:
                 c.late += 1
                 logger.warning(
                     "late reading sensor_id=%s late_by_ms=%d watermark_ms=%d",
-                    reading.sensor_id, result.late_by_ms, result.watermark_ms,
+                    reading.sensor_id,
+                    result.late_by_ms,
+                    result.watermark_ms,
                 )
                 out.late.append((rec, result))
         for p in sorted(touched):

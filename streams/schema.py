@@ -138,9 +138,7 @@ def parse_ts(value: object, where: str) -> int:
     if not isinstance(value, str):
         raise InvalidReading("wrong_type", f"{where} field 'ts': expected RFC 3339 string, got {_show(value)}")
     if not (value.endswith("Z") or value.endswith("+00:00")) or len(value) > 40:
-        raise InvalidReading(
-            "bad_timestamp", f"{where} field 'ts': expected RFC 3339 UTC ('...Z'), got {_show(value)}"
-        )
+        raise InvalidReading("bad_timestamp", f"{where} field 'ts': expected RFC 3339 UTC ('...Z'), got {_show(value)}")
     try:
         dt = datetime.fromisoformat(value)
     except ValueError:
@@ -237,7 +235,9 @@ def parse_reading(raw: bytes, *, now_ms: int, max_bytes: int = MAX_PAYLOAD_BYTES
         )
     raw_metrics = doc["metrics"]
     if not isinstance(raw_metrics, dict) or not raw_metrics:
-        raise InvalidReading("wrong_type", f"{where} field 'metrics': expected a non-empty object, got {_show(raw_metrics)}")
+        raise InvalidReading(
+            "wrong_type", f"{where} field 'metrics': expected a non-empty object, got {_show(raw_metrics)}"
+        )
     if len(raw_metrics) > MAX_METRICS:
         raise InvalidReading("too_many_metrics", f"{where} field 'metrics': {len(raw_metrics)} > {MAX_METRICS}")
     metrics: dict[str, float] = {}
@@ -246,13 +246,13 @@ def parse_reading(raw: bytes, *, now_ms: int, max_bytes: int = MAX_PAYLOAD_BYTES
         if not _NAME_RE.fullmatch(name):
             raise InvalidReading("bad_metric", f"{where}: metric name {_show(name)} must match [a-z][a-z0-9_]{{0,63}}")
         if not isinstance(entry, dict) or "value" not in entry or not set(entry) <= {"value", "unit"}:
-            raise InvalidReading(
-                "wrong_type", f"{where} metric '{name}': expected {{value, unit}}, got {_show(entry)}"
-            )
+            raise InvalidReading("wrong_type", f"{where} metric '{name}': expected {{value, unit}}, got {_show(entry)}")
         metrics[name] = _number(entry["value"], f"{where} metric '{name}'")
         unit = entry.get("unit", "")
         if not isinstance(unit, str) or not _UNIT_RE.fullmatch(unit):
-            raise InvalidReading("wrong_type", f"{where} metric '{name}' unit: expected a short string, got {_show(unit)}")
+            raise InvalidReading(
+                "wrong_type", f"{where} metric '{name}' unit: expected a short string, got {_show(unit)}"
+            )
         units[name] = unit
     quality: tuple[str, ...] = ()
     if "quality" in doc:
@@ -262,6 +262,8 @@ def parse_reading(raw: bytes, *, now_ms: int, max_bytes: int = MAX_PAYLOAD_BYTES
             or len(q) > MAX_QUALITY_FLAGS
             or not all(isinstance(f, str) and _NAME_RE.fullmatch(f) for f in q)
         ):
-            raise InvalidReading("wrong_type", f"{where} field 'quality': expected a list of flag names, got {_show(q)}")
+            raise InvalidReading(
+                "wrong_type", f"{where} field 'quality': expected a list of flag names, got {_show(q)}"
+            )
         quality = tuple(q)
     return Reading(sensor_id, kind, zone, lat, lon, ts_ms, metrics, units, quality)

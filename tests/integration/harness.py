@@ -53,23 +53,25 @@ def pipeline_env(tmp: Path, bootstrap: str, **extra: str) -> dict[str, str]:
     """Environment for one isolated pipeline: fresh app id, topics, MQTT root and client ids."""
     tag = uuid.uuid4().hex[:10]
     env = {k: v for k, v in os.environ.items() if not k.startswith("URBAN_")}
-    env.update({
-        "URBAN_APP_ID": f"t-{tag}",
-        "URBAN_DATA_DIR": str(tmp / "var"),
-        "URBAN_STORE__PATH": str(tmp / "var" / "store.db"),
-        "URBAN_WEB_PORT": str(free_port()),
-        "URBAN_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-        "URBAN_KAFKA__READINGS_TOPIC": f"t-{tag}.readings",
-        "URBAN_KAFKA__AGGREGATES_TOPIC": f"t-{tag}.aggregates",
-        "URBAN_KAFKA__ALERTS_TOPIC": f"t-{tag}.alerts",
-        "URBAN_KAFKA__DLQ_TOPIC": f"t-{tag}.dlq",
-        "URBAN_KAFKA__LATE_TOPIC": f"t-{tag}.late",
-        "URBAN_MQTT__TOPIC_ROOT": f"city{tag}",
-        "URBAN_MQTT__CLIENT_ID": f"bridge-{tag}",
-        "URBAN_WINDOW__IDLE_TIMEOUT_MS": "2000",
-        "URBAN_KAFKA__SESSION_TIMEOUT_MS": "6000",
-        "PYTHONPATH": str(ROOT),
-    })
+    env.update(
+        {
+            "URBAN_APP_ID": f"t-{tag}",
+            "URBAN_DATA_DIR": str(tmp / "var"),
+            "URBAN_STORE__PATH": str(tmp / "var" / "store.db"),
+            "URBAN_WEB_PORT": str(free_port()),
+            "URBAN_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+            "URBAN_KAFKA__READINGS_TOPIC": f"t-{tag}.readings",
+            "URBAN_KAFKA__AGGREGATES_TOPIC": f"t-{tag}.aggregates",
+            "URBAN_KAFKA__ALERTS_TOPIC": f"t-{tag}.alerts",
+            "URBAN_KAFKA__DLQ_TOPIC": f"t-{tag}.dlq",
+            "URBAN_KAFKA__LATE_TOPIC": f"t-{tag}.late",
+            "URBAN_MQTT__TOPIC_ROOT": f"city{tag}",
+            "URBAN_MQTT__CLIENT_ID": f"bridge-{tag}",
+            "URBAN_WINDOW__IDLE_TIMEOUT_MS": "2000",
+            "URBAN_KAFKA__SESSION_TIMEOUT_MS": "6000",
+            "PYTHONPATH": str(ROOT),
+        }
+    )
     env.update(extra)
     return env
 
@@ -77,8 +79,9 @@ def pipeline_env(tmp: Path, bootstrap: str, **extra: str) -> dict[str, str]:
 def start(name: str, env: dict[str, str], tmp: Path, *args: str) -> Proc:
     log = tmp / f"{name}-{uuid.uuid4().hex[:6]}.log"
     with open(log, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "streams", *args], env=env, cwd=ROOT, stdout=fh,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streams", *args], env=env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT
+        )
     return Proc(name, proc, log)
 
 

@@ -47,7 +47,8 @@ def test_mqtt_to_influx_equals_numpy_reference(
 ) -> None:
     db = f"e2e_{int(time.time())}"
     env = pipeline_env(
-        tmp_path, bootstrap,
+        tmp_path,
+        bootstrap,
         URBAN_MQTT__PORT=str(mosquitto.port),
         URBAN_INFLUX__URL=f"http://127.0.0.1:{influxd.port}",
         URBAN_INFLUX__VERSION="1",
@@ -57,8 +58,11 @@ def test_mqtt_to_influx_equals_numpy_reference(
     now_ms = time.time_ns() // 1_000_000
     start_ms = (now_ms - 3_600_000) // WINDOW_MS * WINDOW_MS + 7_000  # windows straddle ticks
     city = build_city(96, seed=11)
-    good = [m for b in generate(city, start_ms=start_ms, interval_ms=10_000, steps=60, seed=11)
-            for m in b.to_timed_messages()]
+    good = [
+        m
+        for b in generate(city, start_ms=start_ms, interval_ms=10_000, steps=60, seed=11)
+        for m in b.to_timed_messages()
+    ]
     assert len(good) >= 5000 and {t.split("/")[1] for t, _, _ in good} == {"traffic", "environment", "crowd", "iot"}
     bad = malformed_corpus(100, seed=5, now_ms=now_ms)
     messages: list[tuple[str, bytes]] = []
@@ -80,7 +84,11 @@ def test_mqtt_to_influx_equals_numpy_reference(
     expected_pairs = sum(len(v) for v in reference.values())
 
     worker = start_worker(env, tmp_path)
-    bridge = start_bridge(env, tmp_path)
+    try:
+        bridge = start_bridge(env, tmp_path)
+    except BaseException:
+        worker.stop()
+        raise
     try:
         sent = publish_mqtt(messages, host="127.0.0.1", port=mosquitto.port, client_id=f"pub-{db}", qos=1)
         assert sent == len(messages)

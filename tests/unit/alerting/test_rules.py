@@ -9,8 +9,18 @@ from alerting.rules import ThresholdRule, alert_id, evaluate, load_rules
 
 
 def agg(**over: object) -> dict:
-    base = {"sensor_id": "env-futian-0001", "kind": "environment", "zone": "futian", "metric": "pm25", "unit": "ug/m3",
-            "start_ms": 60_000, "end_ms": 120_000, "first_ts_ms": 61_000, "mean": 200.0, "max": 260.0}
+    base = {
+        "sensor_id": "env-futian-0001",
+        "kind": "environment",
+        "zone": "futian",
+        "metric": "pm25",
+        "unit": "ug/m3",
+        "start_ms": 60_000,
+        "end_ms": 120_000,
+        "first_ts_ms": 61_000,
+        "mean": 200.0,
+        "max": 260.0,
+    }
     base.update(over)
     return base
 
@@ -25,8 +35,9 @@ def test_crossing_raises_one_alert_with_stable_id() -> None:
     assert evaluate((RULE,), agg()) == [a]  # redelivery: same id, same content
 
 
-@pytest.mark.parametrize(("over", "n"), [({"mean": 150.0}, 0), ({"kind": "traffic"}, 0), ({"metric": "pm10"}, 0),
-                                         ({"mean": 150.0001}, 1)])
+@pytest.mark.parametrize(
+    ("over", "n"), [({"mean": 150.0}, 0), ({"kind": "traffic"}, 0), ({"metric": "pm10"}, 0), ({"mean": 150.0001}, 1)]
+)
 def test_only_matching_crossings(over: dict, n: int) -> None:
     assert len(evaluate((RULE,), agg(**over))) == n
 

@@ -222,11 +222,13 @@ def test_history_query_validation(kwargs: dict[str, Any]) -> None:
 
 def test_format_rows() -> None:
     rows = [{"time_ms": 0, "value": 1.5}, {"time_ms": 60000, "value": 0.1 + 0.2}]
-    assert format_rows(rows, "csv") == "time_ms,value\n0,1.5\n60000,0.30000000000000004\n"
-    assert format_rows(rows, "json").startswith('[\n  {\n    "time_ms": 0,')
+    assert format_rows(rows, "csv") == (
+        "time,time_ms,value\n1970-01-01T00:00:00.000Z,0,1.5\n1970-01-01T00:01:00.000Z,60000,0.30000000000000004\n"
+    )
+    assert format_rows(rows, "json").startswith('[\n  {\n    "time": "1970-01-01T00:00:00.000Z",\n    "time_ms": 0,')
     table = format_rows(rows, "table").splitlines()
-    assert table[0].split() == ["time_ms", "value"] and len(table) == 4
-    assert table[3].split() == ["60000", "0.30000000000000004"]
+    assert table[0].split() == ["time", "time_ms", "value"] and len(table) == 4
+    assert table[3].split() == ["1970-01-01T00:01:00.000Z", "60000", "0.30000000000000004"]
     assert format_rows([], "table") == "(no rows)"
     assert format_rows([], "csv") == ""
     assert format_rows([], "json") == "[]"

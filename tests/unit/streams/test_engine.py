@@ -17,7 +17,9 @@ SIZE = 10_000
 
 
 def reading(sid: str, ts: int, value: float) -> Reading:
-    return Reading(sid, "iot", "futian", 22.5, 114.0, ts, {"power_kw": value, "drain_level": -value}, {"power_kw": "kW"})
+    return Reading(
+        sid, "iot", "futian", 22.5, 114.0, ts, {"power_kw": value, "drain_level": -value}, {"power_kw": "kW"}
+    )
 
 
 def run(events: list[tuple[str, int, float]], spec: WindowSpec) -> tuple[list[dict], dict[int, Late]]:
@@ -115,15 +117,19 @@ def test_idle_partition_flushes_by_clock() -> None:
     assert len(pw.close_ready()) == 2
 
 
-@given(st.lists(st.tuples(st.integers(0, 10**6), st.floats(-1e6, 1e6, allow_nan=False)), min_size=2, max_size=50),
-       st.integers(1, 49))
+@given(
+    st.lists(st.tuples(st.integers(0, 10**6), st.floats(-1e6, 1e6, allow_nan=False)), min_size=2, max_size=50),
+    st.integers(1, 49),
+)
 def test_merge_equals_sequential(values: list[tuple[int, float]], cut: int) -> None:
     cut = min(cut, len(values) - 1)
+
     def fold(vs: list[tuple[int, float]]) -> list[float]:
         a = acc_new(*vs[0])
         for t, v in vs[1:]:
             acc_add(a, t, v)
         return a
+
     whole, merged = acc_result(fold(values)), acc_result(acc_merge(fold(values[:cut]), fold(values[cut:])))
     for k in ("count", "min", "max", "first_ts_ms", "last_ts_ms"):
         assert whole[k] == merged[k]

@@ -10,8 +10,15 @@ RULE = ThresholdRule("hot", "environment", "temperature", ">", 40.0, "max", "war
 
 
 def payload(sid: str, ts: int, temp: float) -> bytes:
-    return encode_reading(sensor_id=sid, kind="environment", zone="nanshan", lat=22.5, lon=113.9, ts_ms=ts,
-                          metrics={"temperature": (temp, "degC")})
+    return encode_reading(
+        sensor_id=sid,
+        kind="environment",
+        zone="nanshan",
+        lat=22.5,
+        lon=113.9,
+        ts_ms=ts,
+        metrics={"temperature": (temp, "degC")},
+    )
 
 
 def test_batch_routes_valid_invalid_and_closes_windows() -> None:

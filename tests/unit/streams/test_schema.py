@@ -10,8 +10,17 @@ NOW = 1_800_000_000_000
 
 
 def good(**over: object) -> dict:
-    doc = orjson.loads(encode_reading(sensor_id="env-futian-0001", kind="environment", zone="futian", lat=22.54,
-                                      lon=114.05, ts_ms=NOW - 5000, metrics={"pm25": (35.5, "ug/m3")}))
+    doc = orjson.loads(
+        encode_reading(
+            sensor_id="env-futian-0001",
+            kind="environment",
+            zone="futian",
+            lat=22.54,
+            lon=114.05,
+            ts_ms=NOW - 5000,
+            metrics={"pm25": (35.5, "ug/m3")},
+        )
+    )
     doc.update(over)
     return doc
 
