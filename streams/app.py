@@ -44,7 +44,7 @@ def create_app(settings: Settings, **overrides: Any) -> faust.App:
         "producer_acks": -1,
         "consumer_auto_offset_reset": "earliest",
         "web_port": settings.web_port,
-        "web_host": "127.0.0.1",
+        "web_host": settings.web_host,
         "web_in_thread": False,
         "datadir": str(datadir),
         "autodiscover": False,

@@ -115,6 +115,7 @@ class Settings(BaseSettings):
 
     app_id: str = "urbansense"
     data_dir: Path = Path("var")
+    web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=0, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     max_payload_bytes: int = Field(default=64 * 1024, ge=256)
