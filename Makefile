@@ -6,7 +6,7 @@ DURATION ?= 60
 SENSORS ?= 200
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint system-deps install clean
+.PHONY: demo test lint system-deps install clean models
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ lint: install
 
 test: install system-deps
 	CI=$${CI:-true} $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Retrain the shipped per-kind models (deterministic: fixed seeds, simulated data).
+models: install
+	$(PY) -c "from models.train import train, KINDS; [train(k, None) for k in KINDS]"
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

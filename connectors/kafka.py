@@ -187,34 +187,63 @@ def topic_message_count(kafka_cfg: Mapping[str, Any], topic: str, timeout_s: flo
                 TopicPartition(topic, p), timeout=timeout_s, cached=False
             )
             low[p], end[p] = lo, hi
-        tails = [p for p in low if end[p] > low[p]]
-        if tails:
-            consumer.assign([TopicPartition(topic, p, end[p] - 1) for p in tails])
-            open_parts = set(tails)
-            deadline = time.monotonic() + timeout_s
-            while open_parts and time.monotonic() < deadline:
-                msg = consumer.poll(0.1)
-                if msg is None:
-                    continue
-                part, offset, err = msg.partition(), msg.offset(), msg.error()
-                if err is not None and err.code() != _PARTITION_EOF:
-                    raise KafkaException(err)
-                if part is None or offset is None:
-                    continue
-                if err is None:
-                    end[part] = max(end[part], offset + 1)
-                else:  # end of partition: offset is the fetch response's high watermark
-                    end[part] = max(end[part], offset)
-                    open_parts.discard(part)
-            if open_parts:
-                logger.warning(
-                    "watermark tail read timed out topic=%s partitions=%s",
-                    topic,
-                    sorted(open_parts),
-                )
+        true = _read_tails(consumer, {(topic, p): end[p] for p in low if end[p] > low[p]}, timeout_s)
+        for (_, p), e in true.items():
+            end[p] = e
         return sum(max(0, end[p] - low[p]) for p in low)
     finally:
         consumer.close()
+
+
+def true_end_offsets(
+    kafka_cfg: Mapping[str, Any], reported: Mapping[tuple[str, int], int], timeout_s: float = 10
+) -> dict[tuple[str, int], int]:
+    """End offsets of ``(topic, partition)`` pairs, correcting the broker's reported ends.
+
+    Tansu 0.6.0 reports a partition's end as its last batch's base offset plus one; reading from
+    ``reported - 1`` to the end of the partition gives the true end (equal to ``reported`` on Kafka).
+    """
+    consumer = Consumer(
+        {
+            **kafka_cfg,
+            "group.id": f"urbansense-ends-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    try:
+        return {**reported, **_read_tails(consumer, {tp: e for tp, e in reported.items() if e > 0}, timeout_s)}
+    finally:
+        consumer.close()
+
+
+def _read_tails(
+    consumer: Consumer, ends: Mapping[tuple[str, int], int], timeout_s: float
+) -> dict[tuple[str, int], int]:
+    end = dict(ends)
+    if not end:
+        return end
+    consumer.assign([TopicPartition(t, p, e - 1) for (t, p), e in end.items()])
+    open_parts = set(end)
+    deadline = time.monotonic() + timeout_s
+    while open_parts and time.monotonic() < deadline:
+        msg = consumer.poll(0.1)
+        if msg is None:
+            continue
+        topic, part, offset, err = msg.topic(), msg.partition(), msg.offset(), msg.error()
+        if err is not None and err.code() != _PARTITION_EOF:
+            raise KafkaException(err)
+        if topic is None or part is None or offset is None:
+            continue
+        tp = (topic, part)
+        if err is None:
+            end[tp] = max(end[tp], offset + 1)
+        else:  # end of partition: offset is the fetch response's high watermark
+            end[tp] = max(end[tp], offset)
+            open_parts.discard(tp)
+    if open_parts:
+        logger.warning("watermark tail read timed out partitions=%s", sorted(open_parts))
+    return end
 
 
 def _partitions(consumer: Consumer, topic: str, timeout_s: float) -> list[int]:

@@ -9,7 +9,7 @@ Measurement ``window_agg`` (one point per closed window, time = ``start_ms``):
 tags        ``kind, zone, sensor_id, metric, unit, window, window_size_ms`` (size as a decimal
             string, e.g. ``"60000"``); a tag whose value is empty is omitted
 fields      ``count`` (integer), ``sum, mean, min, max, std, first, last`` (float),
-            optional ``score`` (float) and ``model_version`` (string)
+            when present ``rate_per_s, p50, p95, p99, score`` (float) and ``model_version`` (string)
 ==========  ==================================================================================
 
 Measurement ``alert`` (time = ``ts_ms``):
@@ -36,6 +36,8 @@ AGG_MEASUREMENT: Final = "window_agg"
 ALERT_MEASUREMENT: Final = "alert"
 AGG_TAGS: Final = ("kind", "zone", "sensor_id", "metric", "unit", "window", "window_size_ms")
 AGG_FLOAT_FIELDS: Final = ("sum", "mean", "min", "max", "std", "first", "last")
+#: Written when the aggregate carries them (rate of change, sketch quantiles, anomaly score).
+AGG_OPTIONAL_FLOAT_FIELDS: Final = ("rate_per_s", "p50", "p95", "p99", "score")
 ALERT_TAGS: Final = ("rule", "severity", "state", "kind", "zone", "sensor_id", "metric")
 
 _INT64_MIN: Final = -(2**63)
@@ -168,8 +170,9 @@ count=2i,sum=3.0,mean=1.5,min=1.0,max=2.0,std=0.5,first=1.0,last=2.0 0'
     tags = _tags({**agg, "window_size_ms": agg["size_ms"]}, AGG_TAGS)
     fields: dict[str, FieldValue] = {"count": int(agg["count"])}
     fields.update({k: float(agg[k]) for k in AGG_FLOAT_FIELDS})
-    if agg.get("score") is not None:
-        fields["score"] = float(agg["score"])
+    for k in AGG_OPTIONAL_FLOAT_FIELDS:
+        if agg.get(k) is not None:
+            fields[k] = float(agg[k])
     if agg.get("model_version") is not None:
         fields["model_version"] = str(agg["model_version"])
     return Point(AGG_MEASUREMENT, tags, fields, int(agg["start_ms"]))

@@ -26,6 +26,7 @@ from typing import Final, Literal
 from connectors.lineprotocol import (
     AGG_FLOAT_FIELDS,
     AGG_MEASUREMENT,
+    AGG_OPTIONAL_FLOAT_FIELDS,
     AGG_TAGS,
     ALERT_MEASUREMENT,
     ALERT_TAGS,
@@ -74,7 +75,7 @@ TABLES: Final[dict[str, Table]] = {
         {
             **dict.fromkeys(AGG_TAGS, "tag"),
             "count": "int",
-            **dict.fromkeys(AGG_FLOAT_FIELDS + ("score",), "float"),
+            **dict.fromkeys(AGG_FLOAT_FIELDS + AGG_OPTIONAL_FLOAT_FIELDS, "float"),
             "model_version": "str",
         },
         ("sensor_id", "metric", "window", "window_size_ms", "start_ms"),

@@ -20,7 +20,7 @@ from alerting.rules import load_rules
 from connectors.influx import open_sink
 from connectors.lineprotocol import Point, aggregate_point, alert_point
 from streams.deadletter import dead_letter
-from streams.engine import WindowSpec
+from streams.engine import WindowDef, WindowSpec
 from streams.errors import InvalidReading, SinkError
 from streams.pipeline import Output, Pipeline, Record
 from streams.schema import parse_reading
@@ -59,7 +59,10 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
         help="Open event-time windows per sensor, and each partition's watermark.",
     )
     pipeline = Pipeline(
-        WindowSpec(w.size_ms, w.allowed_lateness_ms, w.grace_ms, w.idle_timeout_ms),
+        WindowSpec(
+            w.size_ms, w.allowed_lateness_ms, w.grace_ms, w.idle_timeout_ms,
+            tuple(WindowDef.parse(x) for x in w.extra.split(",") if x.strip()),
+        ),
         load_rules(settings.alerting.rules_file),
         max_payload_bytes=settings.max_payload_bytes,
     )

@@ -27,6 +27,36 @@ def broker_credentials(kafka: KafkaSettings) -> faust.auth.Credentials | None:
     return None
 
 
+def verify_end_offsets(kafka_cfg: dict[str, Any]) -> None:
+    """Make Faust's changelog recovery read to the true end of each partition.
+
+    Faust restores tables up to the end offsets the broker reports. Tansu 0.6.0 under-reports them
+    (last batch's base offset + 1), which would leave the newest table updates unrestored. This
+    wraps the aiokafka driver's end-offset lookup with :func:`connectors.kafka.true_end_offsets`
+    (one small fetch per changelog partition at recovery; on Kafka it changes nothing).
+    """
+    import asyncio
+
+    from faust.transport.drivers import aiokafka as driver
+
+    from connectors.kafka import true_end_offsets
+
+    cls = driver.AIOKafkaConsumerThread
+    original = cls._highwaters  # noqa: SLF001
+    if getattr(original, "urbansense_verified", False):
+        return
+
+    async def _highwaters(self: Any, partitions: Any) -> Any:
+        reported = await original(self, partitions)
+        fixed = await asyncio.to_thread(
+            true_end_offsets, kafka_cfg, {(tp.topic, tp.partition): int(o or 0) for tp, o in reported.items()}
+        )
+        return {tp: max(int(o or 0), fixed[(tp.topic, tp.partition)]) for tp, o in reported.items()}
+
+    _highwaters.urbansense_verified = True  # type: ignore[attr-defined]
+    cls._highwaters = _highwaters  # type: ignore[method-assign]  # noqa: SLF001
+
+
 def create_app(settings: Settings, **overrides: Any) -> faust.App:
     """A configured Faust app with the UrbanSense agents, tables and web views attached."""
     from streams.agents import attach  # agents need the app; keep the import local
@@ -59,6 +89,10 @@ def create_app(settings: Settings, **overrides: Any) -> faust.App:
     if creds is not None:
         conf["broker_credentials"] = creds
     conf.update(overrides)
+    if k.verify_end_offsets:
+        from connectors.kafka import client_config
+
+        verify_end_offsets(client_config(k))
     app = faust.App(settings.app_id, **conf)
     attach(app, settings)
     return app

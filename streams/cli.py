@@ -187,6 +187,45 @@ def register_commands(app: faust.App, settings: Settings) -> None:
         click.echo(format_rows(rows, fmt))  # type: ignore[arg-type]
 
 
+def register_model_commands(app: faust.App, settings: Settings) -> None:
+    """``score-csv`` and ``train``."""
+
+    @app.command(
+        faust.cli.argument("in_path", type=click.Path(exists=True, dir_okay=False)),
+        faust.cli.argument("out_path", type=click.Path(dir_okay=False)),
+    )
+    async def score_csv(self: object, in_path: str, out_path: str) -> None:
+        """Score a NAB-format CSV (timestamp,value) causally: writes timestamp,value,anomaly_score."""
+        from models.cli import score_csv as run
+        from models.errors import ScoringError
+
+        try:
+            n = run(in_path, out_path)
+        except ScoringError as exc:
+            click.echo(f"urbansense score-csv: {exc}", err=True)
+            raise SystemExit(2) from None
+        click.echo(f"scored {n} rows -> {out_path}")
+
+    @app.command(
+        option("--kind", type=click.Choice(["traffic", "environment", "crowd", "iot"]), required=True),
+        option("--data", "data", default=None, help="Window aggregates (JSON lines) to train on."),
+        option("--simulated", is_flag=True, default=False, help="Train on simulated feeds instead."),
+        option("--out", default="models/artifacts", show_default=True),
+        option("--version", "version", default="1", show_default=True),
+    )
+    async def train(self: object, kind: str, data: str | None, simulated: bool, out: str, version: str) -> None:
+        """Fit, calibrate and save a model for one feed kind (skops artifact + JSON sidecar)."""
+        from pathlib import Path
+
+        from models.train import train as fit
+
+        _configure_logging(settings.log_level)
+        if not simulated and data is None:
+            click.echo("urbansense train: give --data PATH or --simulated", err=True)
+            raise SystemExit(2)
+        fit(kind, None if simulated else Path(data), Path(out), version=version)  # type: ignore[arg-type]
+
+
 def main() -> None:
     """Entry point of the ``urbansense`` console script."""
     try:
@@ -196,6 +235,7 @@ def main() -> None:
         sys.exit(2)
     app = create_app(settings)
     register_commands(app, settings)
+    register_model_commands(app, settings)
     if len(sys.argv) > 1 and sys.argv[1] == "worker":
         from connectors.kafka import client_config, ensure_topics
 

@@ -1,37 +1,104 @@
-"""Event-time tumbling windows with a per-partition watermark (pure, deterministic).
+"""Event-time windows with a per-partition watermark (pure, deterministic).
 
-One :class:`PartitionWindows` holds the open windows of one input partition. The watermark is the
-largest event time seen minus ``allowed_lateness_ms``; a window ``[start, end)`` closes, emitting
-exactly one final aggregate per metric, once the watermark reaches ``end + grace_ms``. A reading
-whose window has already closed is *late*: it is returned to the caller to route to the
-late-readings topic and never reopens the window.
+One :class:`PartitionWindows` holds the open windows of one input partition for every configured
+window definition (tumbling or hopping, see :class:`WindowDef`). The watermark is the largest event
+time seen minus ``allowed_lateness_ms``; a window ``[start, end)`` closes, emitting exactly one final
+aggregate per (sensor, metric), once the watermark reaches ``end + grace_ms``. A reading whose
+windows have all closed is *late*: it is returned to the caller to route to the late-readings topic
+and never reopens a window.
 
-Recovery: each sensor's open windows carry the offset of the last source record applied to them,
-so a record redelivered after a crash is recognised and skipped (:meth:`PartitionWindows.add`
-returns :data:`DUPLICATE`). Together with idempotent emission this gives exactly-once results
-from at-least-once delivery. Time never comes from the wall clock: ``now_ms`` is passed in.
+Readings are applied in micro-batches with numpy (:mod:`streams.panes`); lateness is decided per
+reading against the watermark as it stood when that reading arrived, so results do not depend on
+batch boundaries.
+
+Recovery: each sensor's state carries the offset of the last source record applied to it, so a
+record redelivered after a crash is recognised and skipped (reported as a duplicate). Together with
+idempotent emission this gives exactly-once results from at-least-once delivery. Time never comes
+from the wall clock: ``now_ms`` is passed in.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Literal
 
-from streams.aggregates import Acc, acc_add, acc_new, acc_result
+import numpy as np
+
+from streams import sketch
+from streams.panes import FREE, NF, Closed, PaneStore
 from streams.schema import Reading
 
 NO_WATERMARK: Final = -(2**62)
 DUPLICATE: Final = "duplicate"
+WindowKind = Literal["tumbling", "hopping"]
+_UNITS: Final = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_ms(text: str) -> int:
+    """``500ms``, ``10s``, ``5m``, ``1h``, ``1d`` to milliseconds.
+
+    >>> parse_ms("5m")
+    300000
+    """
+    m = re.fullmatch(r"\s*(\d+)\s*(ms|s|m|h|d)\s*", text)
+    if not m:
+        msg = f"duration: expected <integer><ms|s|m|h|d>, got {text!r}"
+        raise ValueError(msg)
+    return int(m[1]) * _UNITS[m[2]]
+
+
+@dataclass(frozen=True, slots=True)
+class WindowDef:
+    """One window definition: ``tumbling`` (hop = size) or ``hopping`` (hop divides size)."""
+
+    kind: WindowKind
+    size_ms: int
+    hop_ms: int
+
+    def __post_init__(self) -> None:
+        if self.size_ms <= 0 or self.hop_ms <= 0 or self.size_ms % self.hop_ms:
+            msg = f"window {self.kind}: size must be a positive multiple of hop, got {self.size_ms}/{self.hop_ms} ms"
+            raise ValueError(msg)
+        if self.kind == "tumbling" and self.hop_ms != self.size_ms:
+            msg = f"window tumbling: hop must equal size, got {self.size_ms}/{self.hop_ms} ms"
+            raise ValueError(msg)
+
+    @property
+    def label(self) -> str:
+        """e.g. ``tumbling:60000`` or ``hopping:300000/60000``."""
+        if self.kind == "tumbling":
+            return f"tumbling:{self.size_ms}"
+        return f"hopping:{self.size_ms}/{self.hop_ms}"
+
+    @classmethod
+    def parse(cls, text: str) -> WindowDef:
+        """``tumbling:1m`` or ``hopping:5m/1m``.
+
+        >>> WindowDef.parse("hopping:5m/1m")
+        WindowDef(kind='hopping', size_ms=300000, hop_ms=60000)
+        """
+        kind, _, rest = text.strip().partition(":")
+        if kind == "tumbling":
+            size = parse_ms(rest)
+            return cls("tumbling", size, size)
+        if kind == "hopping":
+            size, _, hop = rest.partition("/")
+            return cls("hopping", parse_ms(size), parse_ms(hop))
+        msg = f"window: expected 'tumbling:<size>' or 'hopping:<size>/<hop>', got {text!r}"
+        raise ValueError(msg)
 
 
 @dataclass(frozen=True, slots=True)
 class WindowSpec:
-    """Tumbling window settings, all in milliseconds."""
+    """Window definitions plus lateness, grace and idle settings, all in milliseconds."""
 
     size_ms: int = 60_000
     allowed_lateness_ms: int = 5_000
     grace_ms: int = 0
     idle_timeout_ms: int = 30_000
+    extra: tuple[WindowDef, ...] = ()
 
     def __post_init__(self) -> None:
         if self.size_ms <= 0 or self.allowed_lateness_ms < 0 or self.grace_ms < 0 or self.idle_timeout_ms <= 0:
@@ -39,14 +106,14 @@ class WindowSpec:
             raise ValueError(msg)
 
     @property
-    def tag(self) -> str:
-        """Short label, e.g. ``tumbling``."""
-        return "tumbling"
+    def windows(self) -> tuple[WindowDef, ...]:
+        """The primary tumbling window, then the extra definitions."""
+        return (WindowDef("tumbling", self.size_ms, self.size_ms), *self.extra)
 
 
 @dataclass(frozen=True, slots=True)
 class Late:
-    """A reading that arrived after its window closed."""
+    """A reading that arrived after its windows closed."""
 
     reading: Reading
     watermark_ms: int
@@ -55,44 +122,34 @@ class Late:
 
 
 @dataclass(slots=True)
-class SensorWindows:
-    """The open windows of one sensor: ``start_ms -> metric -> accumulator``."""
+class SensorMeta:
+    """What a sensor's slots need to label their aggregates."""
 
     kind: str
     zone: str
-    units: dict[str, str]
-    windows: dict[int, dict[str, Acc]] = field(default_factory=dict)
     offset: int = -1
-
-    def to_json(self, partition: int) -> dict[str, Any]:
-        """Table value (JSON-safe)."""
-        return {
-            "p": partition,
-            "k": self.kind,
-            "z": self.zone,
-            "u": self.units,
-            "o": self.offset,
-            "w": {str(s): m for s, m in self.windows.items()},
-        }
-
-    @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> SensorWindows:
-        """Inverse of :meth:`to_json`."""
-        return cls(doc["k"], doc["z"], dict(doc["u"]), {int(s): m for s, m in doc["w"].items()}, doc["o"])
+    slots: dict[str, int] = field(default_factory=dict)  # metric -> slot
+    units: dict[str, str] = field(default_factory=dict)
 
 
 class PartitionWindows:
-    """Open tumbling windows and the watermark of one input partition."""
+    """Open windows and the watermark of one input partition."""
 
     def __init__(self, spec: WindowSpec, partition: int = 0) -> None:
         self.spec = spec
         self.partition = partition
         self.max_ts_ms = NO_WATERMARK
-        self.sensors: dict[str, SensorWindows] = {}
-        self._ends: dict[int, set[str]] = {}
+        self.sensors: dict[str, SensorMeta] = {}
+        self.slot_sensor: list[str] = []
+        self.slot_metric: list[str] = []
+        self.stores = [
+            PaneStore(w.size_ms, w.hop_ms, spec.allowed_lateness_ms, spec.grace_ms) for w in spec.windows
+        ]
         self._last_input_ms: int | None = None
+        self._pending: list[list[Closed | None]] = [[] for _ in self.stores]
         self.dirty: set[str] = set()
 
+    # -- watermark --------------------------------------------------------------------------
     @property
     def watermark_ms(self) -> int:
         """Largest event time seen minus the allowed lateness."""
@@ -100,55 +157,147 @@ class PartitionWindows:
             return NO_WATERMARK
         return self.max_ts_ms - self.spec.allowed_lateness_ms
 
-    def restore(self, sensor_id: str, state: SensorWindows) -> None:
-        """Load one sensor's open windows (from a table) into this partition."""
-        self.sensors[sensor_id] = state
-        size = self.spec.size_ms
-        for start in state.windows:
-            self._ends.setdefault(start + size, set()).add(sensor_id)
-
     def restore_watermark(self, max_ts_ms: int) -> None:
         """Load the partition's watermark position (from a table)."""
         self.max_ts_ms = max(self.max_ts_ms, max_ts_ms)
+        for store in self.stores:  # every window ending by the watermark was emitted
+            store.closed_end = max(store.closed_end, self.watermark_ms - self.spec.grace_ms)
 
+    # -- slots ------------------------------------------------------------------------------
+    def _meta(self, r: Reading) -> SensorMeta:
+        meta = self.sensors.get(r.sensor_id)
+        if meta is None:
+            meta = self.sensors[r.sensor_id] = SensorMeta(r.kind, r.zone)
+        return meta
+
+    def _slot(self, meta: SensorMeta, sensor_id: str, metric: str, unit: str) -> int:
+        slot = meta.slots.get(metric)
+        if slot is None:
+            slot = meta.slots[metric] = len(self.slot_sensor)
+            self.slot_sensor.append(sensor_id)
+            self.slot_metric.append(metric)
+            meta.units[metric] = unit
+        return slot
+
+    # -- input ------------------------------------------------------------------------------
     def add(self, reading: Reading, offset: int = -1, now_ms: int | None = None) -> Late | str | None:
         """Apply one reading. Returns a :class:`Late`, :data:`DUPLICATE`, or ``None`` when counted."""
-        sid = reading.sensor_id
-        st = self.sensors.get(sid)
-        if st is not None and 0 <= offset <= st.offset:
-            return DUPLICATE
-        size = self.spec.size_ms
-        ts = reading.ts_ms
-        start = ts - ts % size
+        return self.add_batch([reading], [offset], now_ms)[0]
+
+    def add_batch(
+        self, readings: Sequence[Reading], offsets: Sequence[int], now_ms: int | None = None
+    ) -> list[Late | str | None]:
+        """Apply a micro-batch in arrival order; one outcome per reading (as :meth:`add`)."""
+        n = len(readings)
+        out: list[Late | str | None] = [None] * n
+        if n == 0:
+            return out
         if now_ms is not None:
             self._last_input_ms = now_ms
-        wm = self.watermark_ms
-        if start + size + self.spec.grace_ms <= wm:
-            if st is not None and offset >= 0:
-                st.offset = offset
-                self.dirty.add(sid)
-            return Late(reading, wm, start, wm - ts)
-        if st is None:
-            st = self.sensors[sid] = SensorWindows(reading.kind, reading.zone, {})
-        st.offset = offset
-        self.dirty.add(sid)
-        accs = st.windows.get(start)
-        if accs is None:
-            st.windows[start] = accs = {}
-            self._ends.setdefault(start + size, set()).add(sid)
-        units = st.units
-        for metric, value in reading.metrics.items():
-            acc = accs.get(metric)
-            if acc is None:
-                accs[metric] = acc_new(ts, value)
-                if metric not in units:
-                    units[metric] = reading.units.get(metric, "")
-            else:
-                acc_add(acc, ts, value)
-        if ts > self.max_ts_ms:
-            self.max_ts_ms = ts
-        return None
+        ts = np.fromiter((r.ts_ms for r in readings), dtype=np.int64, count=n)
+        # watermark as it stood before each reading
+        run_max = np.maximum.accumulate(np.r_[self.max_ts_ms, ts])
+        wm_before = run_max[:-1] - self.spec.allowed_lateness_ms
+        wm_before[run_max[:-1] == NO_WATERMARK] = NO_WATERMARK
+        ok = np.ones(n, dtype=bool)
+        late_any = np.zeros(n, dtype=bool)
+        per_store_ok = []
+        for store in self.stores:
+            late = store.last_window_end(ts) + self.spec.grace_ms <= wm_before
+            per_store_ok.append(~late)
+            late_any |= late
+        # duplicates (redelivered after a restart) and slot columns
+        slots: list[int] = []
+        rows: list[int] = []
+        vals: list[float] = []
+        for i, r in enumerate(readings):
+            meta = self._meta(r)
+            off = offsets[i]
+            if 0 <= off <= meta.offset:
+                out[i] = DUPLICATE
+                ok[i] = False
+                continue
+            if off >= 0:
+                meta.offset = off
+            self.dirty.add(r.sensor_id)
+            if late_any[i]:
+                wm = int(wm_before[i])
+                first_late = next(s for s, okk in zip(self.stores, per_store_ok, strict=True) if not okk[i])
+                out[i] = Late(r, wm, int(ts[i] - ts[i] % first_late.hop_ms), wm - r.ts_ms)
+                if all(not okk[i] for okk in per_store_ok):
+                    continue
+            for metric, value in r.metrics.items():
+                slots.append(self._slot(meta, r.sensor_id, metric, r.units.get(metric, "")))
+                rows.append(i)
+                vals.append(value)
+        if slots:
+            slot_a = np.asarray(slots, dtype=np.int64)
+            row_a = np.asarray(rows, dtype=np.int64)
+            val_a = np.asarray(vals, dtype=np.float64)
+            for si, okk in enumerate(per_store_ok):
+                keep = (okk & ok)[row_a]
+                self._feed(si, slot_a[keep], ts[row_a[keep]], val_a[keep], wm_before[row_a[keep]])
+        self.max_ts_ms = max(self.max_ts_ms, int(ts.max()))
+        return out
 
+    def add_columns(self, slot: np.ndarray, ts: np.ndarray, val: np.ndarray) -> int:
+        """Fast path for pre-registered slots (benchmarks, replays): returns the number of late values.
+
+        Rows are (slot, event time, value) in arrival order; no offsets, no duplicate check.
+        """
+        run_max = np.maximum.accumulate(np.r_[self.max_ts_ms, ts])
+        wm_before = run_max[:-1] - self.spec.allowed_lateness_ms
+        late_n = 0
+        for si, store in enumerate(self.stores):
+            keep = store.last_window_end(ts) + self.spec.grace_ms > wm_before
+            late_n = max(late_n, int((~keep).sum()))
+            self._feed(si, slot[keep], ts[keep], val[keep], wm_before[keep])
+        if len(ts):
+            self.max_ts_ms = max(self.max_ts_ms, int(ts.max()))
+        return late_n
+
+    def _feed(self, si: int, slot: np.ndarray, ts: np.ndarray, val: np.ndarray, wm_before: np.ndarray) -> None:
+        """Add to store ``si`` in segments, closing windows between them exactly when the per-reading
+        watermark passes their end (hopping windows share panes, so a window must be emitted before
+        a reading that is late for it, but not for a later window, lands in a shared pane)."""
+        store = self.stores[si]
+        if store.per_window > 1 and len(slot):
+            epoch = (wm_before - self.spec.grace_ms) // store.hop_ms
+            cuts = np.flatnonzero(epoch[1:] != epoch[:-1]) + 1
+            lo = 0
+            for cut in [*cuts.tolist(), len(slot)]:
+                self._pending[si].append(store.close(int(wm_before[lo])))
+                self._feed_ring(si, slot[lo:cut], ts[lo:cut], val[lo:cut])
+                lo = cut
+            self._pending[si] = [c for c in self._pending[si] if c is not None and len(c)]
+            return
+        self._feed_ring(si, slot, ts, val)
+
+    def _feed_ring(self, si: int, slot: np.ndarray, ts: np.ndarray, val: np.ndarray) -> None:
+        """Add to store ``si``; close windows early where a reading needs a ring cell back."""
+        store = self.stores[si]
+        i = 0
+        n = len(slot)
+        stalled = False
+        while i < n:
+            done = store.add(slot[i:], ts[i:], val[i:])
+            if done == 0 and stalled:
+                msg = "pane store: ring cell still occupied after closing (internal error)"
+                raise RuntimeError(msg)
+            stalled = done == 0
+            i += done
+            if i < n:
+                # No window holding reading i ends by the watermark after it, so closing there is safe.
+                wm = max(self.max_ts_ms, int(ts[: i + 1].max())) - self.spec.allowed_lateness_ms
+                self._pending[si].append(store.close(wm))
+        self._pending[si] = [c for c in self._pending[si] if c is not None and len(c)]
+
+    def register(self, sensor_id: str, kind: str, zone: str, metrics: dict[str, str]) -> list[int]:
+        """Create slots for a sensor's metrics up front; returns them in ``metrics`` order."""
+        meta = self.sensors.setdefault(sensor_id, SensorMeta(kind, zone))
+        return [self._slot(meta, sensor_id, m, u) for m, u in metrics.items()]
+
+    # -- time -------------------------------------------------------------------------------
     def idle_advance(self, now_ms: int) -> bool:
         """Move a silent partition's event time on, so its open windows can close.
 
@@ -161,7 +310,7 @@ class PartitionWindows:
         if last is None:  # restored state: start its idle clock now
             self._last_input_ms = now_ms
             return False
-        if self.max_ts_ms == NO_WATERMARK or not self._ends:
+        if self.max_ts_ms == NO_WATERMARK or self.open_windows == 0:
             return False
         idle = now_ms - last
         if idle < self.spec.idle_timeout_ms:
@@ -170,49 +319,110 @@ class PartitionWindows:
         self._last_input_ms = now_ms
         return True
 
+    # -- output -----------------------------------------------------------------------------
+    def close_columns(self) -> list[tuple[WindowDef, Closed]]:
+        """Close every window the watermark has passed, as columns per window definition."""
+        wm = self.watermark_ms
+        out = []
+        for si, (wdef, store) in enumerate(zip(self.spec.windows, self.stores, strict=True)):
+            parts = [c for c in self._pending[si] if c is not None]
+            self._pending[si] = []
+            if wm != NO_WATERMARK:
+                parts.append(store.close(wm))
+            for closed in parts:
+                if len(closed):
+                    out.append((wdef, closed))
+                    for s in np.unique(closed.slot).tolist():
+                        self.dirty.add(self.slot_sensor[s])
+        return out
+
     def close_ready(self) -> list[dict[str, Any]]:
         """Close every window the watermark has passed; return their final aggregates.
 
-        Output order is deterministic: by window end, then sensor id, then metric.
+        Order is deterministic: by window definition, then window end, then sensor id and metric.
         """
-        limit = self.watermark_ms - self.spec.grace_ms
-        ready = sorted(end for end in self._ends if end <= limit)
-        out: list[dict[str, Any]] = []
-        size = self.spec.size_ms
-        tag = self.spec.tag
-        for end in ready:
-            start = end - size
-            for sid in sorted(self._ends.pop(end)):
-                st = self.sensors[sid]
-                accs = st.windows.pop(start)
-                self.dirty.add(sid)
-                for metric in sorted(accs):
-                    rec: dict[str, Any] = {
-                        "v": 1,
-                        "sensor_id": sid,
-                        "kind": st.kind,
-                        "zone": st.zone,
-                        "metric": metric,
-                        "unit": st.units.get(metric, ""),
-                        "window": tag,
-                        "size_ms": size,
-                        "start_ms": start,
-                        "end_ms": end,
-                    }
-                    rec.update(acc_result(accs[metric]))
-                    out.append(rec)
-        return out
-
-    def take_dirty(self) -> dict[str, SensorWindows | None]:
-        """Sensors changed since the last call (``None``: nothing open, delete from the table)."""
-        out: dict[str, SensorWindows | None] = {}
-        for sid in self.dirty:
-            st = self.sensors.get(sid)
-            out[sid] = st
-        self.dirty.clear()
-        return out
+        records: list[dict[str, Any]] = []
+        for wdef, closed in self.close_columns():
+            cols = {k: v.tolist() for k, v in closed.columns().items()}
+            names = list(cols)
+            slot = closed.slot.tolist()
+            start = closed.start_ms.tolist()
+            end = closed.end_ms.tolist()
+            rows = []
+            for i, s in enumerate(slot):
+                sid = self.slot_sensor[s]
+                metric = self.slot_metric[s]
+                meta = self.sensors[sid]
+                rec: dict[str, Any] = {
+                    "v": 1,
+                    "sensor_id": sid,
+                    "kind": meta.kind,
+                    "zone": meta.zone,
+                    "metric": metric,
+                    "unit": meta.units.get(metric, ""),
+                    "window": wdef.kind,
+                    "size_ms": wdef.size_ms,
+                    "hop_ms": wdef.hop_ms,
+                    "start_ms": start[i],
+                    "end_ms": end[i],
+                }
+                for name in names:
+                    rec[name] = cols[name][i]
+                rows.append(((end[i], sid, metric), rec))
+            rows.sort(key=lambda x: x[0])
+            records.extend(r for _, r in rows)
+        return records
 
     @property
     def open_windows(self) -> int:
-        """Number of open sensor windows."""
-        return sum(len(s) for s in self._ends.values())
+        """Number of open (sensor, metric, pane) cells over all window definitions."""
+        return sum(s.open_cells for s in self.stores)
+
+    # -- persistence ------------------------------------------------------------------------
+    def sensor_state(self, sensor_id: str) -> dict[str, Any]:
+        """JSON-safe state of one sensor (its open panes in every store), for a table."""
+        meta = self.sensors[sensor_id]
+        panes: list[list[Any]] = []
+        for si, store in enumerate(self.stores):
+            for metric, slot in meta.slots.items():
+                if slot >= store.cap:
+                    continue
+                for r in np.flatnonzero(store.pid[slot] != FREE).tolist():
+                    counts = store.sk[slot, r]
+                    nz = np.flatnonzero(counts)
+                    panes.append([
+                        si, metric, int(store.pid[slot, r]), store.acc[slot, r].tolist(),
+                        int(store.sk_off[slot, r]), nz.tolist(), counts[nz].tolist(),
+                    ])
+        return {
+            "p": self.partition, "k": meta.kind, "z": meta.zone, "u": meta.units, "o": meta.offset, "w": panes,
+            "c": [store.closed_end for store in self.stores],
+        }
+
+    def restore(self, sensor_id: str, doc: dict[str, Any]) -> None:
+        """Load one sensor's state written by :meth:`sensor_state`."""
+        meta = self.sensors.setdefault(sensor_id, SensorMeta(doc["k"], doc["z"]))
+        meta.offset = max(meta.offset, int(doc["o"]))
+        for metric, unit in doc["u"].items():
+            self._slot(meta, sensor_id, metric, unit)
+        for store, closed_end in zip(self.stores, doc.get("c", ()), strict=False):
+            store.closed_end = max(store.closed_end, int(closed_end))
+        for si, metric, pane, acc, off, idx, cnt in doc["w"]:
+            store = self.stores[si]
+            slot = meta.slots[metric]
+            store._grow(slot + 1)  # noqa: SLF001
+            r = pane % store.ring
+            store.pid[slot, r] = pane
+            store.acc[slot, r] = np.asarray(acc, dtype=np.float64).reshape(NF)
+            store.sk_off[slot, r] = off
+            store.sk[slot, r] = 0
+            store.sk[slot, r, idx] = cnt
+
+    def take_dirty(self) -> dict[str, dict[str, Any]]:
+        """State of the sensors changed since the last call."""
+        out = {sid: self.sensor_state(sid) for sid in sorted(self.dirty)}
+        self.dirty.clear()
+        return out
+
+
+__all__ = ["DUPLICATE", "Late", "PartitionWindows", "WindowDef", "WindowSpec", "parse_ms", "sketch"]

@@ -14,7 +14,7 @@ from typing import Any
 
 from alerting.rules import ThresholdRule, evaluate
 from streams.deadletter import DeadLetter, dead_letter
-from streams.engine import DUPLICATE, Late, PartitionWindows, SensorWindows, WindowSpec
+from streams.engine import DUPLICATE, Late, PartitionWindows, WindowSpec
 from streams.errors import InvalidReading
 from streams.schema import MAX_PAYLOAD_BYTES, parse_reading
 
@@ -91,7 +91,7 @@ class Pipeline:
                 if key == wm_key:
                     pw.restore_watermark(int(value["max_ts_ms"]))
                 else:
-                    pw.restore(key, SensorWindows.from_json(value))
+                    pw.restore(key, value)
             if pw.sensors:
                 logger.info(
                     "restored window state partition=%d sensors=%d open_windows=%d watermark_ms=%d",
@@ -111,7 +111,7 @@ class Pipeline:
         """Apply a micro-batch of records; close the windows it completes."""
         out = Output()
         c = self.counters
-        touched: set[int] = set()
+        by_partition: dict[int, tuple[list[Record], list[Any]]] = {}
         for rec in records:
             c.readings_in += 1
             try:
@@ -122,22 +122,26 @@ class Pipeline:
                 logger.warning("dead-lettered reading source=%s reason=%s", source, err.reason)
                 out.dead_letters.append(dead_letter(rec.value, err, source=source, now_ms=now_ms, key=rec.key))
                 continue
-            pw = self.partitions.get(rec.partition) or self.partition(rec.partition, table or ())
-            result = pw.add(reading, rec.offset, now_ms)
-            touched.add(rec.partition)
-            if result is None:
-                c.readings_counted += 1
-            elif result == DUPLICATE:
-                c.duplicates += 1
-            elif isinstance(result, Late):
-                c.late += 1
-                logger.warning(
-                    "late reading sensor_id=%s late_by_ms=%d watermark_ms=%d",
-                    reading.sensor_id,
-                    result.late_by_ms,
-                    result.watermark_ms,
-                )
-                out.late.append((rec, result))
+            recs, readings = by_partition.setdefault(rec.partition, ([], []))
+            recs.append(rec)
+            readings.append(reading)
+        for p in sorted(by_partition):
+            recs, readings = by_partition[p]
+            pw = self.partitions.get(p) or self.partition(p, table or ())
+            results = pw.add_batch(readings, [r.offset for r in recs], now_ms)
+            for rec, reading, result in zip(recs, readings, results, strict=True):
+                if result is None:
+                    c.readings_counted += 1
+                elif result == DUPLICATE:
+                    c.duplicates += 1
+                elif isinstance(result, Late):
+                    c.late += 1
+                    logger.warning(
+                        "late reading sensor_id=%s late_by_ms=%d watermark_ms=%d",
+                        reading.sensor_id, result.late_by_ms, result.watermark_ms,
+                    )
+                    out.late.append((rec, result))
+        touched = set(by_partition)
         for p in sorted(touched):
             self._close(self.partitions[p], out)
         return out
@@ -162,6 +166,6 @@ class Pipeline:
                     out.alerts.extend(alerts)
                     self.counters.alerts += len(alerts)
         p = pw.partition
-        for sid, st in pw.take_dirty().items():
-            out.state.append((p, sid, st.to_json(p) if st is not None else None))
+        for sid, doc in pw.take_dirty().items():
+            out.state.append((p, sid, doc))
         out.state.append((p, WATERMARK_KEY.format(partition=p), {"p": p, "max_ts_ms": pw.max_ts_ms}))

@@ -47,6 +47,9 @@ class KafkaSettings(_Section):
     #: Consumer-group session timeout of the worker. A member that dies without leaving holds
     #: its partitions this long, and (on Tansu) a join waits about half of it.
     session_timeout_ms: int = Field(default=10_000, ge=3000)
+    #: Check the broker's end offsets before restoring tables (works around Tansu 0.6.0, which
+    #: under-reports them; harmless on Kafka).
+    verify_end_offsets: bool = True
 
 
 class MqttSettings(_Section):
@@ -98,6 +101,8 @@ class WindowSettings(_Section):
     grace_ms: int = Field(default=0, ge=0)
     #: Wall-clock time after which a silent partition's watermark is advanced anyway.
     idle_timeout_ms: int = Field(default=30_000, ge=1000)
+    #: Further windows besides the tumbling one, e.g. ``hopping:5m/1m,tumbling:1h``.
+    extra: str = ""
 
 
 class AlertingSettings(_Section):

@@ -104,3 +104,119 @@ def stats(env: dict[str, str]) -> dict:
 
 def kafka_cfg(env: dict[str, str]) -> dict[str, str]:
     return {"bootstrap.servers": env["URBAN_KAFKA__BOOTSTRAP_SERVERS"]}
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers for the recovery, replay-speed and Kafka-native tests (added; nothing above changed).
+
+import sqlite3  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from collections.abc import Callable, Iterable  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from streams.schema import parse_ts  # noqa: E402
+
+
+def wait_until(pred: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.25) -> None:
+    """Poll ``pred`` until it is true; fail naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def try_stats(env: dict[str, str]) -> dict | None:
+    """The worker's stats page, or ``None`` while its web server is not answering."""
+    try:
+        return stats(env)
+    except OSError:
+        return None
+
+
+def store_window_rows(env: dict[str, str]) -> list[dict]:
+    """Every ``window_agg`` row of the worker's embedded SQLite store (``[]`` before the first write)."""
+    path = Path(env["URBAN_STORE__PATH"])
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        conn.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in conn.execute('SELECT * FROM "window_agg"')]
+        except sqlite3.OperationalError as exc:  # table not created yet
+            if "no such table" in str(exc):
+                return []
+            raise
+    finally:
+        conn.close()
+
+
+def numpy_reference(payloads: Iterable[bytes], window_ms: int) -> dict[tuple[str, str, int], dict[str, float]]:
+    """Window aggregates per ``(sensor_id, metric, start_ms)`` computed with numpy from readings.
+
+    ``first``/``last`` are by event time (ties keep input order); ``mean`` is numpy's.
+    """
+    groups: dict[tuple[str, str, int], tuple[list[int], list[float]]] = defaultdict(lambda: ([], []))
+    for payload in payloads:
+        doc = orjson.loads(payload)
+        ts = parse_ts(doc["ts"], "ts")
+        for metric, entry in doc["metrics"].items():
+            tss, vals = groups[(doc["sensor_id"], metric, ts - ts % window_ms)]
+            tss.append(ts)
+            vals.append(float(entry["value"]))
+    out: dict[tuple[str, str, int], dict[str, float]] = {}
+    for key, (tss, vals) in groups.items():
+        v = np.asarray(vals, dtype=np.float64)
+        order = np.argsort(np.asarray(tss, dtype=np.int64), kind="stable")
+        out[key] = {
+            "count": len(v),
+            "min": float(v.min()),
+            "max": float(v.max()),
+            "mean": float(v.mean()),
+            "first": float(v[order[0]]),
+            "last": float(v[order[-1]]),
+        }
+    return out
+
+
+def assert_matches_reference(
+    got: dict[tuple[str, str, int], dict], reference: dict[tuple[str, str, int], dict[str, float]], where: str
+) -> None:
+    """``got`` (aggregate records or store rows by window key) equals ``reference``.
+
+    count/min/max/first/last exactly, mean to 1e-9 (relative to max(1, |mean|)).
+    """
+    missing = sorted(set(reference) - set(got))
+    extra = sorted(set(got) - set(reference))
+    assert not missing, f"{where}: {len(missing)} windows missing, e.g. {missing[:3]}"
+    assert not extra, f"{where}: {len(extra)} unexpected windows, e.g. {extra[:3]}"
+    bad = []
+    for key, ref in reference.items():
+        r = got[key]
+        exact = all(r[f] == ref[f] for f in ("count", "min", "max", "first", "last"))
+        if not exact or abs(r["mean"] - ref["mean"]) > 1e-9 * max(1.0, abs(ref["mean"])):
+            bad.append((key, {f: r[f] for f in ref}, ref))
+    assert not bad, f"{where}: {len(bad)} windows differ from the numpy reference, e.g. {bad[:2]}"
+
+
+def dedupe_aggregates(msgs: Iterable[Any]) -> tuple[dict[tuple[str, str, int], dict], int]:
+    """Aggregate records by ``(sensor_id, metric, start_ms)``; re-emitted copies must be byte-identical.
+
+    Returns the records by key and how many re-emitted duplicates were dropped.
+    """
+    raw: dict[tuple[str, str, int], bytes] = {}
+    dups = 0
+    for m in msgs:
+        doc = orjson.loads(m.value())
+        key = (doc["sensor_id"], doc["metric"], doc["start_ms"])
+        assert m.key() == doc["sensor_id"].encode(), f"aggregate key {m.key()!r} != sensor id of {doc}"
+        if key in raw:
+            assert raw[key] == m.value(), f"re-emitted aggregate {key} differs:\n{raw[key]!r}\n{m.value()!r}"
+            dups += 1
+        else:
+            raw[key] = m.value()
+    return {k: orjson.loads(v) for k, v in raw.items()}, dups
