@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final
@@ -96,6 +96,19 @@ ZONES: Final[tuple[Zone, ...]] = (
     Zone("baoan", "Bao'an", 22.5553, 113.8830, 6.0),
     Zone("longgang", "Longgang", 22.7209, 114.2467, 7.0),
     Zone("longhua", "Longhua", 22.6968, 114.0449, 5.0),
+)
+
+
+#: Districts sharing a border; pollution episodes spread along these edges.
+NEIGHBOURS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
+    {
+        "futian": ("luohu", "nanshan", "longhua"),
+        "luohu": ("futian", "longgang", "longhua"),
+        "nanshan": ("futian", "baoan", "longhua"),
+        "baoan": ("nanshan", "longhua"),
+        "longgang": ("luohu", "longhua"),
+        "longhua": ("futian", "luohu", "nanshan", "baoan", "longgang"),
+    }
 )
 
 
@@ -209,6 +222,75 @@ def build_city(n_sensors: int, seed: int) -> City:
         sensor_id = f"{KIND_PREFIX[kind]}-{zone.zone_id}-{i:04d}"
         placed.append((sensor_id, kind, zone.zone_id, round(lat, 6), round(lon, 6)))
 
+    return City(zones=ZONES, sensors=_link(placed))
+
+
+def plan_city(zone_ids: Sequence[str], counts: Mapping[str, int], seed: int) -> City:
+    """Place ``counts[kind]`` sensors of each kind, round-robin over ``zone_ids``.
+
+    Sensors are laid out kind by kind (traffic, environment, crowd, iot); sensor ``i`` of a kind
+    goes to ``zone_ids[i % len(zone_ids)]``. Each zone's traffic sensors sit along one arterial
+    road through the district centre, in driving order: a segment's ``upstream`` neighbour is the
+    previous one on the road. Other sensors are spread uniformly over the district.
+
+    Args:
+        zone_ids: districts to use (ids from :data:`ZONES`, no duplicates).
+        counts: sensors per kind (kinds from :data:`KIND_ORDER`, each >= 0, total >= 1).
+        seed: the same seed gives the same city.
+
+    Raises:
+        ValueError: unknown or duplicate zone, unknown kind, negative count or no sensors at all.
+
+    >>> c = plan_city(["futian", "luohu"], {"traffic": 4, "iot": 1}, seed=1)
+    >>> [s.sensor_id for s in c.sensors]
+    ['trf-futian-0000', 'trf-luohu-0001', 'trf-futian-0002', 'trf-luohu-0003', 'iot-futian-0004']
+    >>> c.sensor("trf-futian-0002").upstream
+    'trf-futian-0000'
+    """
+    by_id = {z.zone_id: z for z in ZONES}
+    if not zone_ids or len(set(zone_ids)) != len(zone_ids) or any(z not in by_id for z in zone_ids):
+        msg = f"plan_city zones: expected distinct ids from {sorted(by_id)}, got {list(zone_ids)!r}"
+        raise ValueError(msg)
+    bad = {k: v for k, v in counts.items() if k not in KIND_PREFIX or not isinstance(v, int) or v < 0}
+    if bad or sum(counts.values()) < 1:
+        msg = (
+            f"plan_city counts: expected kinds from {list(KIND_ORDER)} with counts >= 0 (total >= 1), "
+            f"got {dict(counts)!r}"
+        )
+        raise ValueError(msg)
+    rng = random.Random(seed)
+    zones = [by_id[z] for z in zone_ids]
+    road = {z.zone_id: rng.uniform(0.0, math.pi) for z in zones}
+    per_zone = {z.zone_id: -(-counts.get("traffic", 0) // len(zones)) for z in zones}
+    placed: list[tuple[str, str, str, float, float]] = []
+    seen: dict[str, int] = {}
+    i = 0
+    for kind in KIND_ORDER:
+        for j in range(counts.get(kind, 0)):
+            zone = zones[j % len(zones)]
+            if kind == "traffic":
+                # Evenly spaced along the road, driving away from the (-) end, with a little jitter.
+                k = seen.get(zone.zone_id, 0)
+                seen[zone.zone_id] = k + 1
+                along = zone.radius_km * (-0.9 + 1.8 * (k + 0.5) / per_zone[zone.zone_id])
+                side = rng.uniform(-0.05, 0.05)
+                theta = road[zone.zone_id]
+                dx = along * math.cos(theta) - side * math.sin(theta)
+                dy = along * math.sin(theta) + side * math.cos(theta)
+            else:
+                r_km = zone.radius_km * math.sqrt(rng.random())
+                theta = rng.uniform(0.0, 2.0 * math.pi)
+                dx, dy = r_km * math.cos(theta), r_km * math.sin(theta)
+            lat = zone.lat + dy / _KM_PER_DEG_LAT
+            lon = zone.lon + dx / (111.320 * math.cos(math.radians(zone.lat)))
+            placed.append(
+                (f"{KIND_PREFIX[kind]}-{zone.zone_id}-{i:04d}", kind, zone.zone_id, round(lat, 6), round(lon, 6))
+            )
+            i += 1
+    return City(zones=tuple(zones), sensors=_link(placed))
+
+
+def _link(placed: list[tuple[str, str, str, float, float]]) -> tuple[Sensor, ...]:
     chains: dict[str, list[str]] = {}
     for sensor_id, kind, zone_id, _, _ in placed:
         if kind == "traffic":
@@ -216,13 +298,7 @@ def build_city(n_sensors: int, seed: int) -> City:
     links: dict[str, tuple[str | None, str | None]] = {}
     for chain in chains.values():
         for j, sid in enumerate(chain):
-            links[sid] = (
-                chain[j - 1] if j > 0 else None,
-                chain[j + 1] if j + 1 < len(chain) else None,
-            )
-
-    sensors = tuple(
-        Sensor(sid, kind, zone_id, lat, lon, *links.get(sid, (None, None)))
-        for sid, kind, zone_id, lat, lon in placed
+            links[sid] = (chain[j - 1] if j > 0 else None, chain[j + 1] if j + 1 < len(chain) else None)
+    return tuple(
+        Sensor(sid, kind, zone_id, lat, lon, *links.get(sid, (None, None))) for sid, kind, zone_id, lat, lon in placed
     )
-    return City(zones=ZONES, sensors=sensors)

@@ -25,15 +25,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import numpy as np
-import orjson
 
 from simulators.city import METRICS, City, MetricSpec
-from streams.schema import SCHEMA_VERSION, format_ts
+from simulators.encode import Renderer
 
-__all__ = ["Batch", "Incident", "generate"]
+__all__ = ["Batch", "Effect", "Incident", "ValueFault", "chunks", "generate"]
 
 _HOUR_MS: Final = 3_600_000
 _DAY_MS: Final = 86_400_000
@@ -85,72 +84,63 @@ class Incident:
             )
             raise ValueError(msg)
         if not (math.isfinite(self.magnitude) and self.magnitude >= 0):
-            msg = (
-                f"incident {self.kind}/{self.zone}: expected magnitude >= 0, got {self.magnitude!r}"
-            )
+            msg = f"incident {self.kind}/{self.zone}: expected magnitude >= 0, got {self.magnitude!r}"
             raise ValueError(msg)
 
     def active(self, ts_ms: int) -> bool:
         """Whether the incident covers ``ts_ms`` (half-open ``[start_ms, end_ms)``)."""
         return self.start_ms <= ts_ms < self.end_ms
 
+    def apply(self, model: _Model, ts: np.ndarray, rows: np.ndarray, raw: dict[str, dict[str, np.ndarray]]) -> None:
+        """Overlay the incident on the ticks ``rows`` of a chunk (see :class:`Effect`)."""
+        model.apply(self, rows, raw)
 
-class _Codec:
-    """Encodes a batch into ``(topic, payload)`` pairs, byte-identical to ``encode_reading``.
 
-    Each sensor gets one envelope dict, built once, whose ``ts`` and metric values are overwritten
-    before every ``orjson.dumps``: building the nested dicts dominates the cost otherwise. The
-    templates are private to one :func:`generate` call and used by one thread at a time.
-    """
+class Effect(Protocol):
+    """Something that changes raw values while ``start_ms <= ts < end_ms`` (an incident, rain)."""
 
-    __slots__ = ("_groups", "_order", "_topics")
+    @property
+    def start_ms(self) -> int: ...
 
-    def __init__(self, city: City) -> None:
-        self._topics = [s.topic for s in city.sensors]
-        # Per kind: (sensor indices, metric names, [(doc, [metric slot dicts])] per sensor).
-        groups: list[
-            tuple[np.ndarray, tuple[str, ...], list[tuple[dict[str, Any], list[dict[str, Any]]]]]
-        ] = []
-        where: dict[int, tuple[int, int]] = {}
-        for kind, specs in METRICS.items():
-            idx = [i for i, s in enumerate(city.sensors) if s.kind == kind]
-            if not idx:
-                continue
-            docs = []
-            for pos, i in enumerate(idx):
-                s = city.sensors[i]
-                metrics = {m.name: {"value": 0.0, "unit": m.unit} for m in specs}
-                doc = {
-                    "v": SCHEMA_VERSION,
-                    "sensor_id": s.sensor_id,
-                    "kind": s.kind,
-                    "zone": s.zone,
-                    "location": {"lat": s.lat, "lon": s.lon},
-                    "ts": "",
-                    "metrics": metrics,
-                }
-                docs.append((doc, list(metrics.values())))
-                where[i] = (len(groups), pos)
-            groups.append((np.asarray(idx, dtype=np.intp), tuple(m.name for m in specs), docs))
-        self._groups = groups
-        self._order = [where[i] for i in range(len(city.sensors))]
+    @property
+    def end_ms(self) -> int: ...
 
-    def encode(self, ts_ms: int, values: Mapping[str, np.ndarray]) -> list[tuple[str, bytes]]:
-        ts = format_ts(ts_ms)
-        dumps = orjson.dumps
-        encoded: list[list[bytes]] = []
-        for idx, names, docs in self._groups:
-            rows = zip(*[values[m][idx].tolist() for m in names], strict=True)
-            out: list[bytes] = []
-            append = out.append
-            for (doc, slots), row in zip(docs, rows, strict=True):
-                doc["ts"] = ts
-                for slot, v in zip(slots, row):  # noqa: B905 - same length by construction
-                    slot["value"] = v
-                append(dumps(doc))
-            encoded.append(out)
-        topics = self._topics
-        return [(topics[i], encoded[g][p]) for i, (g, p) in enumerate(self._order)]
+    def apply(self, model: _Model, ts: np.ndarray, rows: np.ndarray, raw: dict[str, dict[str, np.ndarray]]) -> None:
+        """Change ``raw`` (kind -> metric -> (ticks, sensors of the kind)) in place on ``rows``."""
+
+
+class ValueFault(Protocol):
+    """A single-sensor fault acting on the final (clipped, rounded) values of ``sensor_id``."""
+
+    @property
+    def start_ms(self) -> int: ...
+
+    @property
+    def end_ms(self) -> int: ...
+
+    @property
+    def sensor_id(self) -> str: ...
+
+    def apply_values(
+        self, ts: np.ndarray, rows: np.ndarray, cols: dict[str, np.ndarray], state: dict[str, Any]
+    ) -> None:
+        """Change the sensor's metric columns ``cols`` (views, one value per tick) on ``rows``."""
+
+
+class _LazyCells:
+    """Value texts of one chunk, computed on first use (plain value checks never pay for them)."""
+
+    __slots__ = ("_cells", "_renderer", "_values")
+
+    def __init__(self, renderer: Renderer, values: dict[str, dict[str, np.ndarray]]) -> None:
+        self._renderer = renderer
+        self._values = values
+        self._cells: list[list[list[str]]] | None = None
+
+    def render(self, ts_ms: int, row: int) -> list[Any]:
+        if self._cells is None:
+            self._cells = self._renderer.cells(self._values)
+        return self._renderer.render(ts_ms, self._cells, row)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -167,7 +157,8 @@ class Batch:
     city: City
     ts_ms: int
     values: Mapping[str, np.ndarray]
-    _codec: _Codec = field(repr=False)
+    _cells: _LazyCells = field(repr=False)
+    _row: int = field(repr=False, default=0)
 
     def __len__(self) -> int:
         return len(self.city.sensors)
@@ -188,15 +179,14 @@ class Batch:
         The topic is ``city/<kind>/<zone>/<sensor_id>``; the payload is byte-identical to
         :func:`streams.schema.encode_reading` for the same reading.
         """
-        return self._codec.encode(self.ts_ms, self.values)
+        return [(t, p) for t, p, _ in self.to_timed_messages()]
 
     def to_timed_messages(self) -> list[tuple[str, bytes, int]]:
         """Like :meth:`to_messages`, with the event time ``ts_ms`` as a third element.
 
         Kafka publishers use it as the record timestamp without re-parsing the payload.
         """
-        ts_ms = self.ts_ms
-        return [(t, p, ts_ms) for t, p in self._codec.encode(ts_ms, self.values)]
+        return self._cells.render(self.ts_ms, self._row)
 
 
 def _bump(h: np.ndarray, centre: float, width: float) -> np.ndarray:
@@ -217,10 +207,7 @@ def _profiles(ts_ms: np.ndarray) -> dict[str, np.ndarray]:
     traffic = 0.08 + 0.35 * day + np.where(weekend, 0.25, 0.6) * commute
     profiles = {
         "traffic": traffic,
-        "crowd": 0.03
-        + 0.35 * day
-        + np.where(weekend, 0.15, 0.6) * commute
-        + np.where(weekend, 0.6, 0.35) * evening,
+        "crowd": 0.03 + 0.35 * day + np.where(weekend, 0.15, 0.6) * commute + np.where(weekend, 0.6, 0.35) * evening,
         "inversion": _bump(h, 4.0, 3.0),
         "sun": np.where((h >= 7.0) & (h <= 19.0), np.sin(np.pi * (h - 7.0) / 12.0), 0.0).clip(0.0),
         "phase": np.sin(2.0 * np.pi * (h - 9.0) / 24.0),  # peaks at 15:00
@@ -244,6 +231,14 @@ class _Model:
         zones = np.array([s.zone for s in city.sensors])
         self.idx = {k: np.flatnonzero(kinds == k) for k in METRICS}
         self.zone_mask = {(k, z): zones[self.idx[k]] == z for k in METRICS for z in city.zone_ids()}
+        #: Column of each sensor within its kind's arrays.
+        self.kind_pos = np.zeros(self.n, dtype=np.intp)
+        for k in METRICS:
+            self.kind_pos[self.idx[k]] = np.arange(len(self.idx[k]))
+        self.interval_ms = interval_ms
+        self.index = {s.sensor_id: i for i, s in enumerate(city.sensors)}
+        #: Kind columns of sensor groups, filled by overlays (sensor ids -> columns).
+        self.columns_cache: dict[tuple[str, ...], np.ndarray] = {}
         n_of = {k: len(v) for k, v in self.idx.items()}
         self.capacity = rng.uniform(25.0, 60.0, n_of["traffic"])
         self.free_speed = rng.uniform(45.0, 90.0, n_of["traffic"])
@@ -276,13 +271,10 @@ class _Model:
             dev[r] = state
         dev += _WHITE * noise[:, 1]
         return {
-            k: dev[:, self.slices[k]].reshape(ticks, len(specs), -1).transpose(1, 0, 2)
-            for k, specs in METRICS.items()
+            k: dev[:, self.slices[k]].reshape(ticks, len(specs), -1).transpose(1, 0, 2) for k, specs in METRICS.items()
         }
 
-    def raw(
-        self, ts_ms: np.ndarray, dev: Mapping[str, np.ndarray]
-    ) -> dict[str, dict[str, np.ndarray]]:
+    def raw(self, ts_ms: np.ndarray, dev: Mapping[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
         """Unclipped values per kind and metric, each a (ticks, sensors of that kind) array."""
         p = _profiles(ts_ms)
         out: dict[str, dict[str, np.ndarray]] = {}
@@ -298,9 +290,7 @@ class _Model:
         }
 
         z = dev["environment"]
-        pm25 = (
-            self.pm_base * (0.6 + 0.5 * p["traffic"] + 0.3 * p["inversion"]) * np.exp(0.25 * z[0])
-        )
+        pm25 = self.pm_base * (0.6 + 0.5 * p["traffic"] + 0.3 * p["inversion"]) * np.exp(0.25 * z[0])
         no2 = (15.0 + 45.0 * p["traffic"]) * np.exp(0.2 * z[2])
         out["environment"] = {
             "pm25": pm25,
@@ -324,9 +314,7 @@ class _Model:
         }
         return out
 
-    def apply(
-        self, incident: Incident, rows: np.ndarray, raw: dict[str, dict[str, np.ndarray]]
-    ) -> None:
+    def apply(self, incident: Incident, rows: np.ndarray, raw: dict[str, dict[str, np.ndarray]]) -> None:
         """Overlay ``incident`` on the ticks ``rows`` (boolean) of a chunk, in place."""
         at = np.ix_(rows, self.zone_mask[(incident.kind, incident.zone)])
         m = incident.magnitude
@@ -360,7 +348,8 @@ def generate(
     interval_ms: int,
     steps: int,
     seed: int,
-    incidents: Sequence[Incident] = (),
+    incidents: Sequence[Effect] = (),
+    faults: Sequence[ValueFault] = (),
 ) -> Iterator[Batch]:
     """Yield one :class:`Batch` per tick ``start_ms + k * interval_ms`` for ``k < steps``.
 
@@ -370,23 +359,31 @@ def generate(
         interval_ms: time between ticks (> 0).
         steps: number of ticks (>= 0).
         seed: the same seed (and arguments) always yields identical batches and bytes.
-        incidents: events overlaid on the readings they cover.
+        incidents: events overlaid on the readings they cover, in order: :class:`Incident`,
+            or the richer incidents and rain of :mod:`simulators.events`.
+        faults: single-sensor value faults (stuck, drift, spike) of :mod:`simulators.events`;
+            delivery faults (dropouts, clock skew, duplicates, reordering) act on the message
+            stream and are applied by :func:`simulators.feed.feed`.
 
     Raises:
-        ValueError: bad ``interval_ms``/``steps`` or an incident in a zone the city lacks.
+        ValueError: bad ``interval_ms``/``steps``, an incident in a zone the city lacks or a
+            fault on an unknown sensor.
     """
     if interval_ms <= 0 or steps < 0:
-        msg = (
-            "generate: expected interval_ms > 0 and steps >= 0, "
-            f"got interval_ms={interval_ms} steps={steps}"
-        )
+        msg = "generate: expected interval_ms > 0 and steps >= 0, " f"got interval_ms={interval_ms} steps={steps}"
         raise ValueError(msg)
     zone_ids = set(city.zone_ids())
     for inc in incidents:
-        if inc.zone not in zone_ids:
-            msg = f"generate: incident zone: expected one of {sorted(zone_ids)}, got {inc.zone!r}"
+        zone = getattr(inc, "zone", None)
+        if zone is not None and zone not in zone_ids:
+            msg = f"generate: incident zone: expected one of {sorted(zone_ids)}, got {zone!r}"
             raise ValueError(msg)
-    return _generate(city, start_ms, interval_ms, steps, seed, tuple(incidents))
+    known = set(city.sensor_ids)
+    for f in faults:
+        if f.sensor_id not in known:
+            msg = f"generate: fault sensor: expected a sensor of the city, got {f.sensor_id!r}"
+            raise ValueError(msg)
+    return _generate(city, start_ms, interval_ms, steps, seed, tuple(incidents), tuple(faults))
 
 
 def _generate(
@@ -395,27 +392,67 @@ def _generate(
     interval_ms: int,
     steps: int,
     seed: int,
-    incidents: tuple[Incident, ...],
+    incidents: tuple[Effect, ...],
+    faults: tuple[ValueFault, ...],
 ) -> Iterator[Batch]:
+    renderer = Renderer(city, "message")
+    n = len(city.sensors)
+    for ts, kind_values in chunks(city, start_ms, interval_ms, steps, seed, incidents, faults):
+        ticks = len(ts)
+        cells = _LazyCells(renderer, kind_values)
+        values: dict[str, np.ndarray] = {}
+        for kind, specs in METRICS.items():
+            idx = np.asarray([i for i, s in enumerate(city.sensors) if s.kind == kind], dtype=np.intp)
+            for spec in specs:
+                col = np.full((ticks, n), np.nan)
+                col[:, idx] = kind_values[kind][spec.name]
+                values[spec.name] = col
+        for r in range(ticks):
+            yield Batch(city, int(ts[r]), {m: col[r] for m, col in values.items()}, cells, r)
+
+
+def chunks(
+    city: City,
+    start_ms: int,
+    interval_ms: int,
+    steps: int,
+    seed: int,
+    effects: Sequence[Effect] = (),
+    faults: Sequence[ValueFault] = (),
+    chunk_cells: int = _CHUNK_CELLS,
+) -> Iterator[tuple[np.ndarray, dict[str, dict[str, np.ndarray]]]]:
+    """The generator core: ``(ts_ms, values)`` per chunk of ticks, without building batches.
+
+    ``values`` maps kind -> metric -> a (ticks, sensors of that kind) array of final values
+    (clipped and rounded), columns in sensor order. The output does not depend on chunking.
+    Arguments are not validated; use :func:`generate` for checked input.
+    """
     model = _Model(city, interval_ms, np.random.default_rng(seed))
-    codec = _Codec(city)
     n = model.n
+    state: list[dict[str, Any]] = [{} for _ in faults]
+    where = [(city.sensor(f.sensor_id).kind, int(model.kind_pos[city.index_of(f.sensor_id)])) for f in faults]
     # Ticks per chunk: enough to amortise numpy's per-call overhead on small cities.
-    chunk = max(1, _CHUNK_CELLS // n)
+    chunk = max(1, chunk_cells // n)
     for first in range(0, steps, chunk):
         ticks = min(chunk, steps - first)
         ts = start_ms + (first + np.arange(ticks, dtype=np.int64)) * interval_ms
+        lo, hi = int(ts[0]), int(ts[-1])
         raw = model.raw(ts, model.deviations(ticks))
-        for inc in incidents:
-            rows = (ts >= inc.start_ms) & (ts < inc.end_ms)
+        for eff in effects:
+            if eff.start_ms > hi or eff.end_ms <= lo:
+                continue
+            rows = (ts >= eff.start_ms) & (ts < eff.end_ms)
             if rows.any():
-                model.apply(inc, rows, raw)
-        values: dict[str, np.ndarray] = {}
-        for kind, specs in METRICS.items():
-            idx = model.idx[kind]
-            for spec in specs:
-                col = np.full((ticks, n), np.nan)
-                col[:, idx] = _finish(spec, raw[kind][spec.name])
-                values[spec.name] = col
-        for r in range(ticks):
-            yield Batch(city, int(ts[r]), {m: col[r] for m, col in values.items()}, codec)
+                eff.apply(model, ts, rows, raw)
+        values = {
+            kind: {spec.name: _finish(spec, raw[kind][spec.name]) for spec in specs} for kind, specs in METRICS.items()
+        }
+        for f, st, (kind, pos) in zip(faults, state, where, strict=True):
+            if f.start_ms > hi or f.end_ms <= lo:
+                continue
+            rows = (ts >= f.start_ms) & (ts < f.end_ms)
+            cols = {spec.name: values[kind][spec.name][:, pos] for spec in METRICS[kind]}
+            f.apply_values(ts, rows, cols, st)
+            for spec in METRICS[kind]:
+                values[kind][spec.name][:, pos] = _finish(spec, cols[spec.name])
+        yield ts, values

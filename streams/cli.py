@@ -85,54 +85,81 @@ def register_commands(app: faust.App, settings: Settings) -> None:
 
     @app.command(
         option("--transport", type=click.Choice(["mqtt", "kafka", "file"]), default="mqtt", show_default=True),
-        option("--sensors", type=int, default=200, show_default=True, help="Number of sensors (all four kinds)."),
-        option("--interval", default="10s", show_default=True, help="Event-time step between readings of a sensor."),
-        option("--duration", default="1h", show_default=True, help="Simulated time span."),
-        option("--start", default="-1h", show_default=True, help="Simulated start: RFC 3339 UTC or relative (-1h)."),
-        option(
-            "--speed", type=float, default=0.0, show_default=True, help="N times real time (0: as fast as possible)."
-        ),
-        option(
-            "--malformed-every",
-            type=int,
-            default=0,
-            show_default=True,
-            help="Mix in one malformed message every N readings (0: none).",
-        ),
-        option("--seed", type=int, default=7, show_default=True),
+        option("--sensors", type=int, default=None,
+               help="Number of sensors (default 200; with --scenario: scale its counts)."),
+        option("--interval", default=None, help="Event-time step (default 10s, or the scenario's)."),
+        option("--duration", default=None, help="Simulated span (default 1h, or the scenario's)."),
+        option("--start", default=None,
+               help="Simulated start: RFC 3339 UTC or relative (-1h); default -1h or the scenario's."),
+        option("--speed", type=float, default=0.0, show_default=True,
+               help="N times real time (0: as fast as possible)."),
+        option("--malformed-every", type=int, default=0, show_default=True,
+               help="Mix in one malformed message every N readings (0: none)."),
+        option("--seed", type=int, default=None, help="Noise seed (default 7, or the scenario's)."),
         option("--out", default="var/simulated.jsonl", show_default=True, help="File for --transport file."),
+        option("--scenario", default=None, help="Scenario TOML file or shipped name (e.g. default)."),
+        option("--truth", "truth_out", default=None,
+               help="Ground-truth JSON-lines file (file transport default: <out>.truth.jsonl)."),
+        option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default=None,
+               help="File transport format (default: by --out suffix)."),
+        option("--progress/--no-progress", default=None, help="Progress line on stderr (default: on a terminal)."),
     )
     async def simulate(
-        self: object,
-        transport: str,
-        sensors: int,
-        interval: str,
-        duration: str,
-        start: str,
-        speed: float,
-        malformed_every: int,
-        seed: int,
-        out: str,
+        self: object, transport: str, sensors: int | None, interval: str | None, duration: str | None,
+        start: str | None, speed: float, malformed_every: int, seed: int | None, out: str,
+        scenario: str | None, truth_out: str | None, fmt: str | None, progress: bool | None,
     ) -> None:
         """Simulate city feeds (traffic, environment, crowd, IoT) and publish them."""
         from simulators.run import run_simulation
 
         _configure_logging(settings.log_level)
         stop = _stop_event()
-        n = run_simulation(
-            settings,
-            transport=transport,
-            sensors=sensors,
-            interval=interval,
-            duration=duration,
-            start=start,
-            speed=speed,
-            malformed_every=malformed_every,
-            seed=seed,
-            out=out,
-            stop=stop,
-        )
+        try:
+            n = run_simulation(
+                settings, transport=transport, sensors=sensors, interval=interval, duration=duration, start=start,
+                speed=speed, malformed_every=malformed_every, seed=seed, out=out, stop=stop, scenario=scenario,
+                truth_out=truth_out, fmt=fmt, progress=progress,
+            )
+        except (UrbanSensingError, ValueError) as exc:
+            click.echo(f"urbansense simulate: {exc}", err=True)
+            raise SystemExit(2) from None
         click.echo(f"published {n} messages via {transport}")
+
+    @app.command(
+        faust.cli.argument("file"),
+        option("--transport", type=click.Choice(["mqtt", "kafka"]), default="kafka", show_default=True),
+        option("--speed", type=float, default=1.0, show_default=True,
+               help="Time scale: 1 original pace, 1000 = 1000x, 0 = as fast as possible."),
+        option("--format", "fmt", type=click.Choice(["auto", "jsonl", "csv"]), default="auto", show_default=True),
+        option("--sensor", default=None, help="CSV: sensor id (default nab-<file stem>)."),
+        option("--kind", type=click.Choice(["traffic", "environment", "crowd", "iot"]), default="iot",
+               show_default=True),
+        option("--zone", default="futian", show_default=True),
+        option("--metric", default="value", show_default=True),
+        option("--unit", default="", show_default=True),
+        option("--time-column", default="timestamp", show_default=True),
+        option("--value-column", default="value", show_default=True),
+        option("--start", default=None, help="Shift timestamps so the first is at this instant (now, -1h, RFC 3339)."),
+        option("--limit", type=int, default=None, help="Replay at most this many messages."),
+    )
+    async def replay(
+        self: object, file: str, transport: str, speed: float, fmt: str, sensor: str | None, kind: str, zone: str,
+        metric: str, unit: str, time_column: str, value_column: str, start: str | None, limit: int | None,
+    ) -> None:
+        """Replay a recorded feed (our JSON lines, or CSV such as NAB) with its timing scaled."""
+        from simulators.run import run_replay
+
+        _configure_logging(settings.log_level)
+        try:
+            n = run_replay(
+                settings, file=file, transport=transport, speed=speed, fmt=fmt, sensor=sensor, kind=kind, zone=zone,
+                metric=metric, unit=unit, time_column=time_column, value_column=value_column, start=start,
+                limit=limit, stop=_stop_event(),
+            )
+        except (UrbanSensingError, ValueError) as exc:
+            click.echo(f"urbansense replay: {exc}", err=True)
+            raise SystemExit(2) from None
+        click.echo(f"replayed {n} messages via {transport}")
 
     @app.command(
         option("--duration", type=float, default=60.0, show_default=True, help="Seconds to run (0: until Ctrl-C)."),

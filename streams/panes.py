@@ -24,6 +24,19 @@ CNT, SUM, SHIFT, SD, SD2, MIN, MAX, FTS, FIRST, LTS, LAST = range(11)
 NF: Final = 11
 _EMPTY: Final = -(2**62)
 FREE: Final = np.iinfo(np.int64).min  # pane id of an empty cell (pane ids may be negative)
+_NO_OFFSET: Final = np.iinfo(np.int64).min  # sketch offset of a cell without values
+_K_IDX: Final = np.arange(sketch.K)
+
+
+def _slid(c: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Slide dense sketch stores up by ``shift`` keys (rows), collapsing what falls off into bucket 0."""
+    cum = np.cumsum(c, axis=1)
+    low = np.take_along_axis(cum, np.minimum(shift, sketch.K - 1), axis=1)[:, 0]
+    src = _K_IDX[None, :] + shift
+    moved = np.take_along_axis(c, np.minimum(src, sketch.K - 1), axis=1)
+    out = np.where((src < sketch.K) & (_K_IDX[None, :] > 0), moved, 0)
+    out[:, 0] += low
+    return out
 _LOG2: Final = math.log(2)
 
 
@@ -84,13 +97,16 @@ class PaneStore:
         self.hop_ms = hop_ms
         self.pane_ms = math.gcd(size_ms, hop_ms)
         self.per_window = size_ms // self.pane_ms
-        self.ring = self.per_window + (lateness_ms + grace_ms) // self.pane_ms + 3
+        # The current pane(s) plus those kept open by lateness and grace. A reading that needs a cell
+        # still in use makes the engine close windows first (always safe, see PartitionWindows).
+        self.ring = self.per_window + -(-(lateness_ms + grace_ms) // self.pane_ms)
         self.grace_ms = grace_ms
         self.cap = 0
         self.pid = np.empty((0, self.ring), dtype=np.int64)
         self.acc = np.empty((0, self.ring, NF), dtype=np.float64)
         self.sk_off = np.empty((0, self.ring), dtype=np.int64)
-        self.sk = np.empty((0, self.ring, sketch.K), dtype=np.int32)
+        # Sketch counters start as uint16 (128 bytes a window) and widen if a window gets busier.
+        self.sk = np.empty((0, self.ring, sketch.K), dtype=np.uint16)
         self.closed_end = _EMPTY  # every window ending at or before this has been emitted
         self._grow(capacity)
 
@@ -103,7 +119,7 @@ class PaneStore:
         pid = np.full((new, r), FREE, dtype=np.int64)
         acc = np.zeros((new, r, NF), dtype=np.float64)
         off = np.zeros((new, r), dtype=np.int64)
-        sk = np.zeros((new, r, sketch.K), dtype=np.int32)
+        sk = np.zeros((new, r, sketch.K), dtype=self.sk.dtype if self.cap else np.uint16)
         pid[: self.cap] = self.pid
         acc[: self.cap] = self.acc
         off[: self.cap] = self.sk_off
@@ -171,7 +187,7 @@ class PaneStore:
             init[:, LTS] = -np.inf
             init[:, LAST] = v0
             acc[cs] = init
-            self.sk_off.reshape(-1)[cs] = np.iinfo(np.int64).min
+            self.sk_off.reshape(-1)[cs] = _NO_OFFSET
             self.sk.reshape(-1, sketch.K)[cs] = 0
             del t0
         np.add.at(acc[:, CNT], cell, 1.0)
@@ -200,21 +216,23 @@ class PaneStore:
         return len(slot)
 
     def _sketch_add(self, cell: np.ndarray, uc: np.ndarray, keys: np.ndarray) -> None:
+        if self.sk.dtype == np.uint16 and self.acc[..., CNT].reshape(-1)[uc].max() > 65_535:
+            self.sk = self.sk.astype(np.int64)
         off = self.sk_off.reshape(-1)
         counts = self.sk.reshape(-1, sketch.K)
-        top = np.full(len(off), np.iinfo(np.int64).min, dtype=np.int64)
+        top = np.full(len(off), _NO_OFFSET, dtype=np.int64)
         np.maximum.at(top, cell, keys)
         want = top[uc] - sketch.K + 1  # top-anchored: the offset depends only on the largest key
         old = off[uc]
         moved = want > old
         if moved.any():
-            for c, new_off in zip(uc[moved].tolist(), want[moved].tolist(), strict=True):
-                o = int(off[c])
-                if o != np.iinfo(np.int64).min:
-                    row = counts[c].astype(np.int64)
-                    o = sketch._slide(row, o, new_off - o)  # noqa: SLF001
-                    counts[c] = row
-                off[c] = new_off
+            mc = uc[moved]
+            fresh = old[moved] == _NO_OFFSET
+            slide = mc[~fresh]
+            if len(slide):
+                shift = (want[moved][~fresh] - old[moved][~fresh])[:, None]
+                counts[slide] = _slid(counts[slide].astype(np.int64), shift).astype(counts.dtype)
+            off[mc] = want[moved]
         idx = np.maximum(keys - off[cell], 0)
         np.add.at(counts, (cell, idx), 1)
 
@@ -304,20 +322,12 @@ class PaneStore:
             have[m] = True
             off[m] = np.maximum(off[m], self.sk_off[slots[m], r])
         counts = np.zeros((n, sketch.K), dtype=np.int64)
-        k = np.arange(sketch.K)
         for j, r in enumerate(rs):
             m = np.flatnonzero(hit[:, j])
             if len(m) == 0:
                 continue
             c = self.sk[slots[m], r].astype(np.int64)
-            shift = (off[m] - self.sk_off[slots[m], r])[:, None]
-            cum = np.cumsum(c, axis=1)
-            low = np.take_along_axis(cum, np.minimum(shift, sketch.K - 1), axis=1)[:, 0]
-            src = k[None, :] + shift
-            shifted = np.take_along_axis(c, np.minimum(src, sketch.K - 1), axis=1)
-            moved = np.where((src < sketch.K) & (k[None, :] > 0), shifted, 0)
-            moved[:, 0] += low
-            counts[m] += moved
+            counts[m] += _slid(c, (off[m] - self.sk_off[slots[m], r])[:, None])
         return acc, off, counts
 
     @staticmethod
