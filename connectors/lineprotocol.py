@@ -12,6 +12,10 @@ fields      ``count`` (integer), ``sum, mean, min, max, std, first, last`` (floa
             when present ``rate_per_s, p50, p95, p99, score`` (float) and ``model_version`` (string)
 ==========  ==================================================================================
 
+Measurement ``zone_agg`` (one point per zone roll-up window, time = ``start_ms``): tags
+``kind, zone, metric, unit, window, window_size_ms``; fields ``count, sensors`` (integer) and the
+float fields of ``window_agg``.
+
 Measurement ``alert`` (time = ``ts_ms``):
 
 ==========  ==================================================================================
@@ -39,6 +43,8 @@ AGG_FLOAT_FIELDS: Final = ("sum", "mean", "min", "max", "std", "first", "last")
 #: Written when the aggregate carries them (rate of change, sketch quantiles, anomaly score).
 AGG_OPTIONAL_FLOAT_FIELDS: Final = ("rate_per_s", "p50", "p95", "p99", "score")
 ALERT_TAGS: Final = ("rule", "severity", "state", "kind", "zone", "sensor_id", "metric")
+ZONE_MEASUREMENT: Final = "zone_agg"
+ZONE_TAGS: Final = ("kind", "zone", "metric", "unit", "window", "window_size_ms")
 
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
@@ -176,6 +182,17 @@ count=2i,sum=3.0,mean=1.5,min=1.0,max=2.0,std=0.5,first=1.0,last=2.0 0'
     if agg.get("model_version") is not None:
         fields["model_version"] = str(agg["model_version"])
     return Point(AGG_MEASUREMENT, tags, fields, int(agg["start_ms"]))
+
+
+def zone_point(agg: Mapping[str, Any]) -> Point:
+    """Build the ``zone_agg`` point of one zone roll-up (all sensors of a zone, one window)."""
+    tags = _tags({**agg, "window_size_ms": agg["size_ms"]}, ZONE_TAGS)
+    fields: dict[str, FieldValue] = {"count": int(agg["count"]), "sensors": int(agg["sensors"])}
+    fields.update({k: float(agg[k]) for k in AGG_FLOAT_FIELDS})
+    for k in AGG_OPTIONAL_FLOAT_FIELDS:
+        if agg.get(k) is not None:
+            fields[k] = float(agg[k])
+    return Point(ZONE_MEASUREMENT, tags, fields, int(agg["start_ms"]))
 
 
 def alert_point(alert: Mapping[str, Any]) -> Point:

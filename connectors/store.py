@@ -8,6 +8,9 @@ InfluxDB overwrites a (series, time) pair:
 
 * ``window_agg``: ``(sensor_id, metric, window, window_size_ms, start_ms)``
 * ``alert``: ``alert_id``
+* ``reading`` (raw readings, written only when enabled): ``(sensor_id, metric, ts_ms)``
+* ``window_agg_1h`` / ``window_agg_1d`` (roll-ups, filled by
+  :func:`connectors.retention.sqlite_maintenance`): as ``window_agg``
 
 The database runs in WAL mode, so the history CLI can read while the worker writes.
 """
@@ -30,9 +33,12 @@ from connectors.lineprotocol import (
     AGG_TAGS,
     ALERT_MEASUREMENT,
     ALERT_TAGS,
+    ZONE_MEASUREMENT,
+    ZONE_TAGS,
     Point,
     encode_line,
 )
+from connectors.retention import RAW_MEASUREMENT, RAW_TAGS, ROLLUP_FLOAT_FIELDS, ROLLUP_INT_FIELDS, ROLLUPS
 from streams.errors import SinkError
 
 logger = logging.getLogger(__name__)
@@ -80,6 +86,17 @@ TABLES: Final[dict[str, Table]] = {
         },
         ("sensor_id", "metric", "window", "window_size_ms", "start_ms"),
     ),
+    ZONE_MEASUREMENT: Table(
+        ZONE_MEASUREMENT,
+        "start_ms",
+        {
+            **dict.fromkeys(ZONE_TAGS, "tag"),
+            "count": "int",
+            "sensors": "int",
+            **dict.fromkeys(AGG_FLOAT_FIELDS + AGG_OPTIONAL_FLOAT_FIELDS, "float"),
+        },
+        ("zone", "kind", "metric", "window", "window_size_ms", "start_ms"),
+    ),
     ALERT_MEASUREMENT: Table(
         ALERT_MEASUREMENT,
         "ts_ms",
@@ -94,7 +111,31 @@ TABLES: Final[dict[str, Table]] = {
         ("alert_id",),
     ),
 }
-_INDEXES: Final = ('CREATE INDEX IF NOT EXISTS "alert_ts" ON "alert" ("ts_ms")',)
+TABLES[RAW_MEASUREMENT] = Table(
+    RAW_MEASUREMENT,
+    "ts_ms",
+    {**dict.fromkeys(RAW_TAGS, "tag"), "value": "float"},
+    ("sensor_id", "metric", "ts_ms"),
+)
+for _measurement, _ in ROLLUPS.values():
+    TABLES[_measurement] = Table(
+        _measurement,
+        "start_ms",
+        {
+            **dict.fromkeys(AGG_TAGS, "tag"),
+            **dict.fromkeys(ROLLUP_INT_FIELDS, "int"),
+            **dict.fromkeys(ROLLUP_FLOAT_FIELDS, "float"),
+        },
+        ("sensor_id", "metric", "window", "window_size_ms", "start_ms"),
+    )
+# History queries filter by zone or by time alone (top-N zones, roll-ups, retention).
+_INDEXES: Final = (
+    'CREATE INDEX IF NOT EXISTS "alert_ts" ON "alert" ("ts_ms")',
+    f'CREATE INDEX IF NOT EXISTS "{AGG_MEASUREMENT}_zone" ON "{AGG_MEASUREMENT}" ("zone", "metric", "start_ms")',
+    f'CREATE INDEX IF NOT EXISTS "{AGG_MEASUREMENT}_metric" ON "{AGG_MEASUREMENT}" ("metric", "start_ms")',
+    f'CREATE INDEX IF NOT EXISTS "{AGG_MEASUREMENT}_start" ON "{AGG_MEASUREMENT}" ("start_ms")',
+    f'CREATE INDEX IF NOT EXISTS "{RAW_MEASUREMENT}_ts" ON "{RAW_MEASUREMENT}" ("ts_ms")',
+)
 
 
 def _row(table: Table, point: Point) -> dict[str, object]:
@@ -154,6 +195,20 @@ class SqliteStore:
             self._conn = conn
             logger.info("sqlite store open path=%s", self.path)
         return self._conn
+
+    @property
+    def lock(self) -> threading.Lock:
+        """Held around every use of the connection (the writer runs in worker threads)."""
+        return self._lock
+
+    def open_sync(self) -> sqlite3.Connection:
+        """Open the file, creating tables and indexes (blocking); returns the connection."""
+        with self._lock:
+            try:
+                return self._connect()
+            except sqlite3.Error as exc:
+                msg = f"sqlite store path={self.path}: open failed: {exc}"
+                raise SinkError(msg) from exc
 
     def write_sync(self, points: Sequence[Point]) -> None:
         """Upsert points in one transaction (blocking; :meth:`write` runs it in a thread).

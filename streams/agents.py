@@ -16,15 +16,16 @@ from typing import Any
 import faust
 import orjson
 
-from alerting.rules import load_rules
 from connectors.influx import open_sink
-from connectors.lineprotocol import Point, aggregate_point, alert_point
+from connectors.lineprotocol import Point, aggregate_point, alert_point, zone_point
+from streams.alert_agents import attach_alerting
 from streams.deadletter import dead_letter
 from streams.engine import WindowDef, WindowSpec
 from streams.errors import InvalidReading, SinkError
 from streams.pipeline import Output, Pipeline, Record
 from streams.schema import parse_reading
 from streams.settings import Settings
+from streams.zones import ZoneRollup
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,14 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
     alerts = app.topic(k.alerts_topic, partitions=k.partitions, **raw)
     dlq = app.topic(k.dlq_topic, partitions=k.partitions, **raw)
     late = app.topic(k.late_topic, partitions=k.partitions, **raw)
+    zone_partials = app.topic(k.zone_partials_topic, partitions=k.partitions, **raw)
+    zone_aggregates = app.topic(k.zone_aggregates_topic, partitions=k.partitions, **raw)
+    zone_table = app.Table(
+        "zones", partitions=k.partitions,
+        schema=faust.Schema(key_serializer="json", value_serializer="json"),
+        help="Open zone roll-up windows (partials per source partition) and source watermarks.",
+    )
+    rollups: dict[int, ZoneRollup] = {}
     table = app.Table(
         "windows",
         partitions=k.partitions,
@@ -63,10 +72,12 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
             w.size_ms, w.allowed_lateness_ms, w.grace_ms, w.idle_timeout_ms,
             tuple(WindowDef.parse(x) for x in w.extra.split(",") if x.strip()),
         ),
-        load_rules(settings.alerting.rules_file),
+        (),  # rules run in the stateful alert engine (streams.alert_agents), not per window here
         max_payload_bytes=settings.max_payload_bytes,
+        zones=w.zones,
     )
     app.urbansense_pipeline = pipeline  # type: ignore[attr-defined]
+    attach_alerting(app, settings, counters=pipeline.counters)
     sink_stats = {"points_written": 0, "write_failures": 0}
 
     async def emit(out: Output) -> None:
@@ -96,6 +107,13 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
                 alert["threshold"],
             )
             await alerts.send(key=alert["alert_id"].encode(), value=orjson.dumps(alert), timestamp=_ts(alert["ts_ms"]))
+        for msg in out.zone_msgs:
+            if msg["type"] == "marker":  # every zone partition must learn every source's watermark
+                body = orjson.dumps(msg)
+                for zp in range(k.partitions):
+                    await zone_partials.send(key=b"", value=body, partition=zp)
+            else:
+                await zone_partials.send(key=msg["zone"].encode(), value=orjson.dumps(msg))
         data = table.data
         for partition, key, value in out.state:
             data[key] = value
@@ -130,7 +148,53 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
                     await readings.send(key=reading.sensor_id.encode(), value=event.value, timestamp=_ts(reading.ts_ms))
                 yield None
 
-    sink_topics = app.topic(k.aggregates_topic, k.alerts_topic, **raw)
+    def rollup(partition: int) -> ZoneRollup:
+        zr = rollups.get(partition)
+        if zr is None:
+            zr = rollups[partition] = ZoneRollup(k.partitions, w.grace_ms)
+            for key, value in list(zone_table.data.items()):
+                if isinstance(value, dict) and value.get("p") == partition:
+                    if key.startswith("__marks__"):
+                        zr.marks.update({int(s): int(m) for s, m in value["marks"].items()})
+                    else:
+                        zr.restore_window(value)
+        return zr
+
+    @app.agent(zone_partials, name="urbansense.zones")
+    async def zones(stream: faust.StreamT) -> AsyncIterator[None]:
+        """Merge per-partition partials into zone windows; close them on every source's watermark."""
+        async for events in stream.take_events(READINGS_BATCH, within=0.2):
+            touched: dict[int, set[Any]] = {}
+            for e in events:
+                p = e.message.partition
+                zr = rollup(p)
+                key = zr.add(orjson.loads(e.value))
+                touched.setdefault(p, set())
+                if key is not None:
+                    touched[p].add(key)
+            for p, keys in touched.items():
+                zr = rollups[p]
+                done, closed_keys = zr.close()
+                for agg in done:
+                    await zone_aggregates.send(
+                        key=agg["zone"].encode(), value=orjson.dumps(agg), timestamp=_ts(agg["start_ms"])
+                    )
+                for key in keys | set(closed_keys):
+                    name = "|".join(map(str, key))
+                    doc = zr.window_state(key)
+                    if doc is None:
+                        zone_table.data.pop(name, None)
+                        zone_table.send_changelog(p, name, None, value_serializer="raw")
+                    else:
+                        doc["p"] = p
+                        zone_table.data[name] = doc
+                        zone_table.send_changelog(p, name, doc)
+                marks = {"p": p, "marks": {str(s): m for s, m in zr.marks.items()}}
+                zone_table.data[f"__marks__:{p}"] = marks
+                zone_table.send_changelog(p, f"__marks__:{p}", marks)
+            yield None
+
+    sink_topics = app.topic(k.aggregates_topic, k.alerts_topic, k.zone_aggregates_topic, **raw)
 
     @app.agent(sink_topics, name="urbansense.timeseries")
     async def timeseries(stream: faust.StreamT) -> AsyncIterator[None]:
@@ -141,7 +205,13 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
                 points: list[Point] = []
                 for e in events:
                     doc = orjson.loads(e.value)
-                    points.append(alert_point(doc) if e.message.topic == k.alerts_topic else aggregate_point(doc))
+                    topic = e.message.topic
+                    if topic == k.alerts_topic:
+                        points.append(alert_point(doc))
+                    elif topic == k.zone_aggregates_topic:
+                        points.append(zone_point(doc))
+                    else:
+                        points.append(aggregate_point(doc))
                 delay = 1.0
                 while True:  # never drop: hold the batch (and the offsets) until it is written
                     try:
@@ -162,10 +232,12 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
     @app.on_partitions_assigned.connect
     async def _assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
         pipeline.forget()
+        rollups.clear()
 
     @app.on_partitions_revoked.connect
     async def _revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
         pipeline.forget()
+        rollups.clear()
 
     @app.timer(interval=1.0)
     async def idle_tick() -> None:

@@ -42,7 +42,8 @@ def _stop_event() -> threading.Event:
 def source_topics(settings: Settings) -> dict[str, int]:
     """Topics the worker reads or writes, with the partition count the tables expect."""
     k = settings.kafka
-    names = [k.readings_topic, k.aggregates_topic, k.alerts_topic, k.dlq_topic, k.late_topic]
+    names = [k.readings_topic, k.aggregates_topic, k.alerts_topic, k.dlq_topic, k.late_topic,
+             k.zone_partials_topic, k.zone_aggregates_topic]
     names += [t.strip() for t in k.extra_source_topics.split(",") if t.strip()]
     return dict.fromkeys(names, k.partitions)
 

@@ -148,6 +148,7 @@ class PartitionWindows:
         self._last_input_ms: int | None = None
         self._pending: list[list[Closed | None]] = [[] for _ in self.stores]
         self.dirty: set[str] = set()
+        self.marked_ms = NO_WATERMARK  # watermark last announced to the zone stage
 
     # -- watermark --------------------------------------------------------------------------
     @property
@@ -336,13 +337,24 @@ class PartitionWindows:
                         self.dirty.add(self.slot_sensor[s])
         return out
 
-    def close_ready(self) -> list[dict[str, Any]]:
+    def close_ready(self, zone_partials: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         """Close every window the watermark has passed; return their final aggregates.
 
         Order is deterministic: by window definition, then window end, then sensor id and metric.
+        With ``zone_partials``, also append one zone partial per (zone, kind, metric, window)
+        (see :mod:`streams.zones`).
         """
         records: list[dict[str, Any]] = []
         for wdef, closed in self.close_columns():
+            if zone_partials is not None:
+                from streams.zones import partials_from_closed
+
+                metas = [self.sensors[s] for s in self.slot_sensor]
+                zone_partials.extend(partials_from_closed(
+                    closed, wdef.label, wdef.size_ms, wdef.hop_ms, self.partition,
+                    [m.zone for m in metas], [m.kind for m in metas], self.slot_metric,
+                    [metas[i].units.get(m, "") for i, m in enumerate(self.slot_metric)],
+                ))
             cols = {k: v.tolist() for k, v in closed.columns().items()}
             names = list(cols)
             slot = closed.slot.tolist()

@@ -28,7 +28,7 @@ _NO_OFFSET: Final = np.iinfo(np.int64).min  # sketch offset of a cell without va
 _K_IDX: Final = np.arange(sketch.K)
 
 
-def _slid(c: np.ndarray, shift: np.ndarray) -> np.ndarray:
+def slid(c: np.ndarray, shift: np.ndarray) -> np.ndarray:
     """Slide dense sketch stores up by ``shift`` keys (rows), collapsing what falls off into bucket 0."""
     cum = np.cumsum(c, axis=1)
     low = np.take_along_axis(cum, np.minimum(shift, sketch.K - 1), axis=1)[:, 0]
@@ -49,6 +49,8 @@ class Closed:
     end_ms: np.ndarray
     acc: np.ndarray  # (n, NF)
     quantiles: np.ndarray  # (n, len(sketch.QUANTILES))
+    sk_off: np.ndarray  # (n,) sketch offsets, for merging into zone roll-ups
+    sk: np.ndarray  # (n, sketch.K) sketch counters
 
     def __len__(self) -> int:
         return len(self.slot)
@@ -231,7 +233,7 @@ class PaneStore:
             slide = mc[~fresh]
             if len(slide):
                 shift = (want[moved][~fresh] - old[moved][~fresh])[:, None]
-                counts[slide] = _slid(counts[slide].astype(np.int64), shift).astype(counts.dtype)
+                counts[slide] = slid(counts[slide].astype(np.int64), shift).astype(counts.dtype)
             off[mc] = want[moved]
         idx = np.maximum(keys - off[cell], 0)
         np.add.at(counts, (cell, idx), 1)
@@ -285,7 +287,7 @@ class PaneStore:
             acc, off, counts = self._merge_panes(slots, rs, hit[slots])
         q = self._quantiles(off, counts)
         n = len(slots)
-        return Closed(slots, np.full(n, start, np.int64), np.full(n, end, np.int64), acc, q)
+        return Closed(slots, np.full(n, start, np.int64), np.full(n, end, np.int64), acc, q, off, counts)
 
     def _merge_panes(
         self, slots: np.ndarray, rs: np.ndarray, hit: np.ndarray
@@ -327,21 +329,28 @@ class PaneStore:
             if len(m) == 0:
                 continue
             c = self.sk[slots[m], r].astype(np.int64)
-            counts[m] += _slid(c, (off[m] - self.sk_off[slots[m], r])[:, None])
+            counts[m] += slid(c, (off[m] - self.sk_off[slots[m], r])[:, None])
         return acc, off, counts
 
     @staticmethod
     def _quantiles(off: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        cum = np.cumsum(counts, axis=1)
-        n = cum[:, -1]
-        out = np.empty((len(off), len(sketch.QUANTILES)))
-        for i, q in enumerate(sketch.QUANTILES):
-            rank = q * (n - 1)
-            idx = (cum > rank[:, None]).argmax(axis=1)
-            out[:, i] = _key_values(off + idx)
-        return out
+        return quantiles_of(off, counts)
+
+
+def quantiles_of(off: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Sketch quantiles (``sketch.QUANTILES``) of many dense stores at once."""
+    cum = np.cumsum(counts, axis=1)
+    n = cum[:, -1]
+    out = np.empty((len(off), len(sketch.QUANTILES)))
+    for i, q in enumerate(sketch.QUANTILES):
+        rank = q * (n - 1)
+        idx = (cum > rank[:, None]).argmax(axis=1)
+        out[:, i] = _key_values(off + idx)
+    return out
 
 
 def _empty() -> Closed:
     z = np.empty(0, dtype=np.int64)
-    return Closed(z, z, z, np.empty((0, NF)), np.empty((0, len(sketch.QUANTILES))))
+    return Closed(
+        z, z, z, np.empty((0, NF)), np.empty((0, len(sketch.QUANTILES))), z, np.empty((0, sketch.K), np.int64)
+    )

@@ -14,7 +14,7 @@ from typing import Any
 
 from alerting.rules import ThresholdRule, evaluate
 from streams.deadletter import DeadLetter, dead_letter
-from streams.engine import DUPLICATE, Late, PartitionWindows, WindowSpec
+from streams.engine import DUPLICATE, NO_WATERMARK, Late, PartitionWindows, WindowSpec
 from streams.errors import InvalidReading
 from streams.schema import MAX_PAYLOAD_BYTES, parse_reading
 
@@ -44,6 +44,8 @@ class Output:
     late: list[tuple[Record, Late]] = field(default_factory=list)
     #: Table writes: ``(partition, key, value)``.
     state: list[tuple[int, str, Any]] = field(default_factory=list)
+    #: Zone partials and watermark markers for the zone roll-up stage.
+    zone_msgs: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -68,7 +70,10 @@ class Pipeline:
         rules: tuple[ThresholdRule, ...],
         *,
         max_payload_bytes: int = MAX_PAYLOAD_BYTES,
+        zones: bool = False,
     ) -> None:
+        self.zones = zones
+        self._born: dict[int, int] = {}
         self.spec = spec
         self.rules = rules
         self.max_payload_bytes = max_payload_bytes
@@ -147,16 +152,37 @@ class Pipeline:
         return out
 
     def tick(self, now_ms: int) -> Output:
-        """Advance idle partitions' watermarks by the clock and close what that completes."""
+        """Advance idle partitions' watermarks by the clock and close what that completes.
+
+        A partition that never received data tells the zone stage its watermark is the clock
+        (minus the allowed lateness) once it has been idle for the idle timeout.
+        """
         out = Output()
         for p in sorted(self.partitions):
             pw = self.partitions[p]
             if pw.idle_advance(now_ms):
                 self._close(pw, out)
+            elif self.zones and pw.max_ts_ms == NO_WATERMARK:
+                born = self._born.setdefault(p, now_ms)
+                if now_ms - born >= self.spec.idle_timeout_ms:
+                    self.mark(pw, out, watermark_ms=now_ms - self.spec.allowed_lateness_ms)
         return out
 
+    def mark(self, pw: PartitionWindows, out: Output, *, force: bool = False, watermark_ms: int | None = None) -> None:
+        """Announce the partition's watermark to the zone stage when it crossed a window boundary."""
+        wm = pw.watermark_ms if watermark_ms is None else watermark_ms
+        if wm == NO_WATERMARK or wm <= pw.marked_ms:
+            return
+        step = min(w.hop_ms for w in self.spec.windows)
+        if force or wm // step != pw.marked_ms // step or pw.marked_ms == NO_WATERMARK:
+            pw.marked_ms = wm
+            out.zone_msgs.append({"type": "marker", "src": pw.partition, "watermark_ms": wm})
+
     def _close(self, pw: PartitionWindows, out: Output) -> None:
-        closed = pw.close_ready()
+        before = len(out.zone_msgs)
+        closed = pw.close_ready(out.zone_msgs if self.zones else None)
+        if self.zones:
+            self.mark(pw, out, force=len(out.zone_msgs) > before)
         if closed:
             out.aggregates.extend(closed)
             self.counters.aggregates += len(closed)

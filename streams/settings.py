@@ -35,6 +35,8 @@ class KafkaSettings(_Section):
     alerts_topic: str = "urban.alerts.v1"
     dlq_topic: str = "urban.readings.dlq.v1"
     late_topic: str = "urban.readings.late.v1"
+    zone_partials_topic: str = "urban.zone-partials.v1"
+    zone_aggregates_topic: str = "urban.zone-aggregates.v1"
     #: Extra Kafka-native feed topics consumed straight by the worker (comma separated).
     extra_source_topics: str = ""
     partitions: int = Field(default=4, ge=1, le=1024)
@@ -103,6 +105,8 @@ class WindowSettings(_Section):
     idle_timeout_ms: int = Field(default=30_000, ge=1000)
     #: Further windows besides the tumbling one, e.g. ``hopping:5m/1m,tumbling:1h``.
     extra: str = ""
+    #: Roll every window up per zone (all sensors of a zone, merged from partial states).
+    zones: bool = True
 
 
 class AlertingSettings(_Section):

@@ -1,0 +1,337 @@
+"""Faust wiring of the alert engine: routing, the ``alerts`` table, commands, timer, sinks, board.
+
+Data flow (the engine is pure; these agents only move bytes)::
+
+    aggregates topic ─► urbansense.alerting.route ─► <app_id>-alerting-input (key = zone)
+    control topic ────► urbansense.alerting.control ─► every partition of the same topic
+    <app_id>-alerting-input ─► urbansense.alerting (AlertEngine) ─► alerts topic (key = alert id)
+                                         │                           ├─► sinks (MQTT, webhook, CAP)
+                                         └─► table "alerts"          └─► live board (SSE)
+
+Aggregates are re-keyed by zone so that every sensor of a zone, its zone incidents and their
+state (the ``alerts`` table, one changelogged document per (rule, subject)) live in one
+partition: k-of-n zone rules stay exact with any number of workers. Operator commands carry
+only an alert id, so they are broadcast to every partition; only the owner applies them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import faust
+import orjson
+
+from alerting.engine import AlertEngine
+from alerting.errors import RuleError
+from alerting.rules import load_rules
+from streams.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+ROUTE_BATCH = 2000
+RELOAD_INTERVAL_S = 2.0
+
+
+def wall_ms() -> int:
+    """The adapter's clock (the engine never reads it)."""
+    return time.time_ns() // 1_000_000
+
+
+def _ts(ms: int) -> float:
+    return (ms + 0.5) / 1000.0
+
+
+def control_topic_for(alerts_topic: str) -> str:
+    """The operator command topic that goes with an alerts topic.
+
+    >>> control_topic_for("urban.alerts.v1"), control_topic_for("t-1.alerts")
+    ('urban.alerts.control.v1', 't-1.alerts.control')
+    """
+    if alerts_topic.endswith(".v1"):
+        return alerts_topic[:-3] + ".control.v1"
+    return alerts_topic + ".control"
+
+
+class Alerting:
+    """Handle returned by :func:`attach_alerting` (engine, counters, sinks, board, rule reloads)."""
+
+    def __init__(self, engine: AlertEngine, rules_file: Path | None, score_available: bool) -> None:
+        self.engine = engine
+        self.rules_file = rules_file
+        self.score_available = score_available
+        self.sinks: list[Any] = []
+        self.board: Any = None
+        self.stats: dict[str, int] = {"alert_records": 0, "sink_failures": 0, "rule_reloads": 0,
+                                      "rule_reload_errors": 0, "commands_in": 0, "commands_rejected": 0}
+        self._mtime: float | None = _mtime(rules_file)
+        self.publish: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None
+
+    def check_reload(self, now_ms: int) -> list[dict[str, Any]]:
+        """Reload the rules file if its mtime changed; a bad file is logged and the old rules stay."""
+        path = self.rules_file
+        if path is None:
+            return []
+        mtime = _mtime(path)
+        if mtime is None or mtime == self._mtime:
+            return []
+        self._mtime = mtime
+        try:
+            rules = load_rules(path, score_available=self.score_available)
+        except RuleError as exc:
+            self.stats["rule_reload_errors"] += 1
+            logger.error("rules reload rejected, keeping the rules in force file=%s error=%s", path, exc)  # noqa: TRY400
+            return []
+        self.stats["rule_reloads"] += 1
+        logger.info("rules reloaded file=%s rules=%d zone_rules=%d maintenance=%d", path, len(rules.rules),
+                    len(rules.zone_rules), len(rules.maintenance))
+        return self.engine.set_rules(rules, now_ms)
+
+
+def _mtime(path: Path | None) -> float | None:
+    if path is None:
+        return None
+    try:
+        return os.stat(path).st_mtime_ns / 1e9
+    except OSError:
+        return None
+
+
+def default_sinks(settings: Settings) -> list[Any]:
+    """Sinks configured in ``settings.alerting`` (fields are optional until the lead adds them).
+
+    Recognised: ``mqtt_alerts`` (bool; uses ``settings.mqtt``), ``webhook_url`` + ``webhook_secret``,
+    ``cap_url`` + ``cap_secret``.
+    """
+    a = settings.alerting
+    sinks: list[Any] = []
+    try:
+        from alerting import notifiers
+    except ImportError:  # pragma: no cover - the sinks package is optional
+        return sinks
+    if getattr(a, "mqtt_alerts", False):
+        m = settings.mqtt
+        sinks.append(notifiers.MqttAlertSink(
+            m.host, m.port, topic_root=f"{m.topic_root}/alerts", username=m.username, password=m.password,
+            tls_ca=m.tls_ca, tls_cert=m.tls_cert, tls_key=m.tls_key,
+        ))
+    if getattr(a, "webhook_url", None) and getattr(a, "webhook_secret", None):
+        sinks.append(notifiers.WebhookSink(a.webhook_url, a.webhook_secret))
+    if getattr(a, "cap_url", None) and getattr(a, "cap_secret", None):
+        from alerting.cap import CapSink
+
+        sinks.append(CapSink(a.cap_url, a.cap_secret))
+    return sinks
+
+
+def attach_alerting(  # noqa: C901 - one place that wires it all
+    app: faust.App,
+    settings: Settings,
+    *,
+    aggregates_topic: str | None = None,
+    alerts_topic: str | None = None,
+    control_topic: str | None = None,
+    counters: Any = None,
+    sinks: Sequence[Any] | None = None,
+    board: Any = None,
+    score_available: bool = False,
+) -> Alerting:
+    """Declare the alerting topics, table, agents and timer on ``app``.
+
+    Args:
+        app: the Faust app.
+        settings: loads the rules from ``settings.alerting.rules_file`` (packaged defaults if unset).
+        aggregates_topic: closed-window aggregates (default ``settings.kafka.aggregates_topic``).
+        alerts_topic: where alert records go (default ``settings.kafka.alerts_topic``).
+        control_topic: operator commands (default :func:`control_topic_for` the alerts topic).
+        counters: an object with an ``alerts`` attribute to count published records (the stats page's).
+        sinks: objects with ``async send(alert)`` / ``async close()``; default :func:`default_sinks`.
+        board: an ``AlertBoard``-like object (``publish``, ``mount``, ``on_action``); default: one
+            built when ``settings.alerting.board_token`` exists.
+        score_available: whether aggregates carry anomaly scores (silences the loader's warning).
+
+    Raises:
+        RuleError: the rules file is invalid (the worker does not start).
+    """
+    k = settings.kafka
+    raw = {"key_serializer": "raw", "value_serializer": "raw"}
+    rules_file = settings.alerting.rules_file
+    rules = load_rules(rules_file, score_available=score_available)
+    logger.info("alert rules loaded source=%s rules=%d zone_rules=%d maintenance=%d", rules.source,
+                len(rules.rules), len(rules.zone_rules), len(rules.maintenance))
+    engine = AlertEngine(rules)
+    handle = Alerting(engine, rules_file, score_available)
+    handle.sinks = list(default_sinks(settings) if sinks is None else sinks)
+
+    aggs_name = aggregates_topic or k.aggregates_topic
+    alerts_name = alerts_topic or k.alerts_topic
+    control_name = control_topic or getattr(settings.alerting, "control_topic", None) or control_topic_for(alerts_name)
+    aggs_in = app.topic(aggs_name, partitions=k.partitions, **raw)
+    alerts_out = app.topic(alerts_name, partitions=k.partitions, **raw)
+    control = app.topic(control_name, partitions=k.partitions, **raw)
+    routed = app.topic(f"{settings.app_id}-alerting-input", partitions=k.partitions, **raw)
+    table = app.Table(
+        "alerts",
+        partitions=k.partitions,
+        schema=faust.Schema(key_serializer="json", value_serializer="json"),
+        help="Alert engine state: one document per (rule, sensor or zone).",
+    )
+    restored: set[int] = set()
+
+    async def send_command(action: str, alert_id: str, by: str) -> None:
+        doc = {"action": action, "alert_id": alert_id, "by": by, "token_ok": True}
+        await control.send(key=alert_id.encode(), value=orjson.dumps(doc))
+
+    if board is None and getattr(settings.alerting, "board_token", None):
+        from alerting.board import AlertBoard
+
+        board = AlertBoard(settings.alerting.board_token, on_action=send_command)
+    if board is not None:
+        if getattr(board, "on_action", None) is None:
+            board.on_action = send_command
+        try:
+            board.mount(app.web.web_app, "/board")
+        except Exception:  # a board that cannot mount must not stop alerting
+            logger.exception("alert board could not be mounted")
+            board = None
+    handle.board = board
+
+    def ensure(partition: int) -> None:
+        if partition not in restored:
+            restored.add(partition)
+            n = engine.restore(table.data.items(), partition, wall_ms())
+            if n:
+                logger.info("restored alert state partition=%d tracks=%d", partition, n)
+
+    async def publish(records: list[dict[str, Any]]) -> None:
+        for rec in records:
+            logger.info(
+                "alert %s alert_id=%s seq=%d rule=%s severity=%s zone=%s sensor_id=%s latency_ms=%d",
+                rec["state"], rec["alert_id"], rec["seq"], rec["rule"], rec["severity"], rec["zone"],
+                rec["sensor_id"], rec["latency_ms"],
+            )
+            await alerts_out.send(key=rec["alert_id"].encode(), value=orjson.dumps(rec), timestamp=_ts(rec["ts_ms"]))
+        handle.stats["alert_records"] += len(records)
+        if counters is not None:
+            counters.alerts += len(records)
+        data = table.data
+        for partition, key, doc in engine.take_state():
+            if doc is None:
+                data.pop(key, None)
+            else:
+                data[key] = doc
+            table.send_changelog(partition, key, doc)
+        for rec in records:
+            if handle.board is not None:
+                try:
+                    await handle.board.publish(rec)
+                except Exception:
+                    logger.exception("alert board publish failed alert_id=%s", rec["alert_id"])
+            for sink in handle.sinks:
+                try:
+                    await sink.send(rec)
+                except Exception:  # the Kafka topic is authoritative; a sink outage is logged
+                    handle.stats["sink_failures"] += 1
+                    logger.exception("alert sink failed sink=%s alert_id=%s", type(sink).__name__, rec["alert_id"])
+
+    handle.publish = publish
+
+    @app.agent(aggs_in, name="urbansense.alerting.route")
+    async def route(stream: faust.StreamT) -> AsyncIterator[None]:
+        """Re-key the aggregates the rules look at by zone (one message per zone and batch)."""
+        async for events in stream.take_events(ROUTE_BATCH, within=0.05):
+            by_zone: dict[str, list[Any]] = defaultdict(list)
+            for e in events:
+                agg = orjson.loads(e.value)
+                if engine.wants(agg):
+                    by_zone[agg["zone"]].append(agg)
+            for zone, aggs in by_zone.items():
+                await routed.send(key=zone.encode(), value=orjson.dumps({"t": "aggs", "aggs": aggs}))
+            yield None
+
+    @app.agent(control, name="urbansense.alerting.control")
+    async def commands(stream: faust.StreamT) -> AsyncIterator[None]:
+        """Validate operator commands and broadcast them to every partition of the engine's input."""
+        async for event in stream.events():
+            handle.stats["commands_in"] += 1
+            try:
+                doc = orjson.loads(event.value)
+                ok = (
+                    isinstance(doc, dict) and doc.get("action") in ("ack", "clear")
+                    and isinstance(doc.get("alert_id"), str) and doc.get("token_ok") is True
+                )
+            except orjson.JSONDecodeError:
+                ok = False
+            if not ok:
+                handle.stats["commands_rejected"] += 1
+                logger.warning("alert command rejected offset=%d", event.message.offset)
+                yield None
+                continue
+            body = orjson.dumps({"t": "cmd", **{f: doc.get(f) for f in ("action", "alert_id", "by", "token_ok")}})
+            for p in range(k.partitions):
+                await routed.send(key=b"__control__", value=body, partition=p)
+            yield None
+
+    @app.agent(routed, name="urbansense.alerting")
+    async def alerting(stream: faust.StreamT) -> AsyncIterator[None]:
+        """Run the engine on each routed batch; publish its records and table changes."""
+        async for events in stream.take_events(200, within=0.05):
+            now = wall_ms()
+            out: list[dict[str, Any]] = []
+            for e in events:
+                p = e.message.partition
+                ensure(p)
+                doc = orjson.loads(e.value)
+                if doc.get("t") == "aggs":
+                    out += engine.process(doc["aggs"], now, p)
+                elif doc.get("t") == "cmd":
+                    out += engine.command(doc, now)
+            await publish(out)
+            yield None
+
+    @app.on_partitions_revoked.connect
+    async def _revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        engine.forget()
+        restored.clear()
+
+    state = {"last_reload": 0.0}
+
+    @app.timer(interval=1.0)
+    async def alerting_tick() -> None:
+        if not app.tables.recovery.completed.is_set():
+            return
+        now = wall_ms()
+        for tp in app.consumer.assignment():
+            if tp.topic == routed.get_topic_name():
+                ensure(tp.partition)
+        out: list[dict[str, Any]] = []
+        if time.monotonic() - state["last_reload"] >= RELOAD_INTERVAL_S:
+            state["last_reload"] = time.monotonic()
+            out += handle.check_reload(now)
+        out += engine.tick(now)
+        await publish(out)
+
+    @app.page("/urbansense/alerting/")
+    async def alerting_stats(web_: Any, request: Any) -> Any:
+        c = engine.counters
+        return web_.json({**handle.stats, **{f: getattr(c, f) for f in c.__dataclass_fields__},
+                          "active": len(engine.active_alerts()), "tracks": len(engine.tracks)})
+
+    async def _close_sinks() -> None:
+        for sink in handle.sinks:
+            try:
+                await sink.close()
+            except Exception:
+                logger.exception("alert sink close failed sink=%s", type(sink).__name__)
+
+    app.urbansense_alerting = handle  # type: ignore[attr-defined]
+    handle.close_sinks = _close_sinks  # type: ignore[attr-defined]
+    return handle
+
+
+__all__ = ["Alerting", "attach_alerting", "control_topic_for", "default_sinks"]
