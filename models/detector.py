@@ -58,12 +58,21 @@ class DetectorConfig:
         shape_rows: length of the recent-window shape compared against all past windows (novelty).
         shape_init_rows: rows whose 2nd-98th percentile range scales the shapes (fixed afterwards).
         memory_rows: past shapes kept for the nearest-neighbour search.
-        record_half_life_rows: half-life of each component's decaying record (its largest past value).
+        record_half_life_rows: smallest half-life of each component's decaying record (its largest past value).
+        record_half_life_frac: the record's half-life grows to this fraction of the rows seen so far, so
+            "record-breaking" means rare relative to the whole history on long series, not just the last
+            few thousand rows (NAB files hold a handful of anomalies whatever their length).
+        record_step: a row can raise a record to at most this multiple of its previous value (or floor):
+            one huge spike (a probation outlier, say) must not blind the detector to the next anomaly.
         z_record_floor: smallest record a z component is compared against.
         shape_record_floor: smallest record the shape novelty is compared against.
         ratio_offset: record ratio (value / record) at which the score starts to rise above 0.
         ratio_scale: record ratio above ``ratio_offset`` that gives a score of ``1 - 1/e``.
-        hold_half_life_rows: half-life, in rows, of the suppression record.
+        hold_half_life_rows: smallest half-life, in rows, of the suppression record.
+        hold_half_life_frac: the suppression half-life grows to this fraction of the rows seen so far.
+        hold_margin: a score must beat the suppression record by this much to be emitted in full, and an
+            emitted score raises the record to itself plus this margin (so a slowly rising score emits once,
+            not once per row).
         suppressed_factor: multiplier for scores that do not beat the record.
         protect_z: values with a z above this enter the baselines clipped to this z.
         refresh_rows: recompute the robust baselines every this many rows (1: every row).
@@ -78,11 +87,15 @@ class DetectorConfig:
     shape_init_rows: int = 150
     memory_rows: int = 25_000
     record_half_life_rows: float = 1000.0
+    record_half_life_frac: float = 0.15
+    record_step: float = 1.1
     z_record_floor: float = 3.0
     shape_record_floor: float = 0.05
-    ratio_offset: float = 0.5
+    ratio_offset: float = 0.6
     ratio_scale: float = 0.5
     hold_half_life_rows: float = 600.0
+    hold_half_life_frac: float = 0.1
+    hold_margin: float = 0.05
     suppressed_factor: float = 0.3
     protect_z: float = 6.0
     refresh_rows: int = 1
@@ -126,19 +139,26 @@ def _robust(values: NDArray[np.float64]) -> tuple[float, float]:
 
 
 class _Record:
-    """Decaying record of a component: ``max(previous record * decay, value)`` after each row."""
+    """Decaying record of a component: ``max(previous record * decay, value)`` after each row.
 
-    __slots__ = ("_decay", "value")
+    The half-life grows with the rows seen (``max(half_life_rows, half_life_frac * rows)``) and one row can
+    raise the record by at most ``step`` times, so a single extreme value does not mask later anomalies.
+    """
 
-    def __init__(self, half_life_rows: float) -> None:
-        self._decay = 0.5 ** (1.0 / half_life_rows)
+    __slots__ = ("_frac", "_half_life", "_step", "value")
+
+    def __init__(self, half_life_rows: float, half_life_frac: float, step: float) -> None:
+        self._half_life = half_life_rows
+        self._frac = half_life_frac
+        self._step = step
         self.value = 0.0
 
     def ratio(self, x: float, floor: float) -> float:
         return x / max(self.value, floor)
 
-    def learn(self, x: float) -> None:
-        self.value = max(self.value * self._decay, x)
+    def learn(self, x: float, floor: float, rows: int) -> None:
+        decay = 0.5 ** (1.0 / max(self._half_life, self._frac * rows))
+        self.value = max(self.value * decay, min(x, self._step * max(self.value, floor)))
 
 
 class _ShapeMemory:
@@ -151,9 +171,9 @@ class _ShapeMemory:
         self._lo = 0.0
         self._scale = 0.0
         self._mem = np.zeros((memory_rows, rows), dtype=np.float64)
+        self._sq = np.zeros(memory_rows, dtype=np.float64)  # squared norm of each stored shape
         self._n = 0
         self._pos = 0
-        self._recent = _Ring(rows)  # last w scaled values, oldest first via _window()
         self._recent_list: list[float] = []
 
     @property
@@ -162,19 +182,23 @@ class _ShapeMemory:
 
     def _store(self, vec: NDArray[np.float64]) -> None:
         self._mem[self._pos] = vec
+        self._sq[self._pos] = float(vec @ vec)
         self._pos = (self._pos + 1) % self._mem.shape[0]
         self._n = min(self._n + 1, self._mem.shape[0])
 
-    def _searchable(self) -> NDArray[np.float64]:
-        """Stored shapes that do not overlap the current one (all but the newest ``w - 1``)."""
-        k = self._n - (self._w - 1)
-        if k <= 0:
-            return self._mem[:0]
-        if self._n < self._mem.shape[0]:
-            return self._mem[:k]
-        # full ring: drop the w-1 newest rows (just before _pos)
-        keep = (self._pos + np.arange(k)) % self._mem.shape[0]
-        return self._mem[keep]
+    def _nearest(self, vec: NDArray[np.float64]) -> float:
+        """Distance to the nearest stored shape that does not overlap ``vec`` (all but the newest ``w - 1``).
+
+        Uses ``|p - v|^2 = |p|^2 - 2 p.v + |v|^2`` (one matrix-vector product), which is several times
+        faster than materialising ``past - vec``; shapes are scaled to about [0, 1], so the cancellation
+        error is far below any distance that matters.
+        """
+        if self._n - (self._w - 1) <= 0:
+            return 0.0
+        d2 = self._sq[: self._n] - 2.0 * (self._mem[: self._n] @ vec)
+        newest = (self._pos - 1 - np.arange(self._w - 1)) % self._mem.shape[0]
+        d2[newest] = np.inf
+        return math.sqrt(max(0.0, float(d2.min()) + float(vec @ vec)))
 
     def score(self, x: float) -> float | None:
         """Novelty of the window ending at ``x`` (``None`` while scaling is still being learned)."""
@@ -194,8 +218,7 @@ class _ShapeMemory:
         self._recent_list.append((x - self._lo) / self._scale)
         del self._recent_list[0]
         vec = np.asarray(self._recent_list)
-        past = self._searchable()
-        novelty = float(np.sqrt(np.min(np.sum((past - vec) ** 2, axis=1)))) if past.shape[0] else 0.0
+        novelty = self._nearest(vec)
         self._store(vec)
         return novelty
 
@@ -214,10 +237,12 @@ class CausalDetector:
         self._day: dict[int, _Ring] = {}
         self._week: dict[int, _Ring] = {}
         self._shape = _ShapeMemory(c.shape_rows, c.shape_init_rows, c.memory_rows)
-        self._records = {name: _Record(c.record_half_life_rows) for name in (*self._Z_COMPONENTS, "shape")}
+        self._records = {
+            name: _Record(c.record_half_life_rows, c.record_half_life_frac, c.record_step)
+            for name in (*self._Z_COMPONENTS, "shape")
+        }
         self._floors = {name: c.z_record_floor for name in self._Z_COMPONENTS} | {"shape": c.shape_record_floor}
         self._hold = 0.0
-        self._hold_decay = 0.5 ** (1.0 / c.hold_half_life_rows)
         self._rows = 0
         self._stats: tuple[float, float, float, float] | None = None
         #: raw component values of the last row (``level``/``season``/``drift`` z, ``shape`` novelty)
@@ -283,13 +308,18 @@ class CausalDetector:
             comp["shape"] = novelty
         ratios = {k: self._records[k].ratio(val, self._floors[k]) for k, val in comp.items()} if warm else {}
         for k, v in comp.items():
-            self._records[k].learn(v)
+            self._records[k].learn(v, self._floors[k], self._rows)
         self.last_components, self.last_ratios = comp, ratios
         ratio = max(ratios.values(), default=0.0)
         raw = 1.0 - math.exp(-max(0.0, ratio - c.ratio_offset) / c.ratio_scale)
-        # suppression: only a score that beats the decaying record of recent scores is emitted in full
-        out = raw if raw > self._hold else raw * c.suppressed_factor
-        self._hold = max(self._hold * self._hold_decay, raw)
+        # suppression: only a score that beats the decaying record of emitted scores is emitted in full,
+        # and it raises that record above itself, so a persisting or slowly rising score emits only once
+        if raw > self._hold:
+            out = raw
+            self._hold = raw + c.hold_margin  # may exceed 1: a saturated score must not re-emit next row
+        else:
+            out = raw * c.suppressed_factor
+        self._hold *= 0.5 ** (1.0 / max(c.hold_half_life_rows, c.hold_half_life_frac * self._rows))
         # protect the baselines: an outlier enters them clipped, so it cannot mask what follows
         x_learn = x
         if warm and comp["level"] > c.protect_z:

@@ -27,12 +27,13 @@ from typing import Any, Final, Literal
 import numpy as np
 
 from streams import sketch
+from streams.keyed import SessionStore, SlidingStore
 from streams.panes import FREE, NF, Closed, PaneStore
 from streams.schema import Reading
 
 NO_WATERMARK: Final = -(2**62)
 DUPLICATE: Final = "duplicate"
-WindowKind = Literal["tumbling", "hopping"]
+WindowKind = Literal["tumbling", "hopping", "session", "sliding"]
 _UNITS: Final = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 
@@ -51,7 +52,11 @@ def parse_ms(text: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class WindowDef:
-    """One window definition: ``tumbling`` (hop = size) or ``hopping`` (hop divides size)."""
+    """One window definition.
+
+    ``tumbling`` (hop = size), ``hopping`` (hop divides size), ``session`` (``size_ms`` is the gap)
+    and ``sliding`` (a window ``[t - size + 1, t + 1)`` per distinct reading time ``t``).
+    """
 
     kind: WindowKind
     size_ms: int
@@ -61,16 +66,21 @@ class WindowDef:
         if self.size_ms <= 0 or self.hop_ms <= 0 or self.size_ms % self.hop_ms:
             msg = f"window {self.kind}: size must be a positive multiple of hop, got {self.size_ms}/{self.hop_ms} ms"
             raise ValueError(msg)
-        if self.kind == "tumbling" and self.hop_ms != self.size_ms:
-            msg = f"window tumbling: hop must equal size, got {self.size_ms}/{self.hop_ms} ms"
+        if self.kind != "hopping" and self.hop_ms != self.size_ms:
+            msg = f"window {self.kind}: hop must equal size, got {self.size_ms}/{self.hop_ms} ms"
             raise ValueError(msg)
+
+    @property
+    def keyed(self) -> bool:
+        """Whether window bounds depend on the data (session, sliding)."""
+        return self.kind in ("session", "sliding")
 
     @property
     def label(self) -> str:
         """e.g. ``tumbling:60000`` or ``hopping:300000/60000``."""
-        if self.kind == "tumbling":
-            return f"tumbling:{self.size_ms}"
-        return f"hopping:{self.size_ms}/{self.hop_ms}"
+        if self.kind == "hopping":
+            return f"hopping:{self.size_ms}/{self.hop_ms}"
+        return f"{self.kind}:{self.size_ms}"
 
     @classmethod
     def parse(cls, text: str) -> WindowDef:
@@ -80,13 +90,16 @@ class WindowDef:
         WindowDef(kind='hopping', size_ms=300000, hop_ms=60000)
         """
         kind, _, rest = text.strip().partition(":")
-        if kind == "tumbling":
+        if kind in ("tumbling", "session", "sliding"):
             size = parse_ms(rest)
-            return cls("tumbling", size, size)
+            return cls(kind, size, size)  # type: ignore[arg-type]
         if kind == "hopping":
             size, _, hop = rest.partition("/")
             return cls("hopping", parse_ms(size), parse_ms(hop))
-        msg = f"window: expected 'tumbling:<size>' or 'hopping:<size>/<hop>', got {text!r}"
+        msg = (
+            "window: expected 'tumbling:<size>', 'hopping:<size>/<hop>', 'session:<gap>' or 'sliding:<size>', "
+            f"got {text!r}"
+        )
         raise ValueError(msg)
 
 
@@ -132,6 +145,14 @@ class SensorMeta:
     units: dict[str, str] = field(default_factory=dict)
 
 
+def _store(w: WindowDef, spec: WindowSpec) -> Any:
+    if w.kind == "session":
+        return SessionStore(w.size_ms, spec.grace_ms)
+    if w.kind == "sliding":
+        return SlidingStore(w.size_ms, spec.grace_ms)
+    return PaneStore(w.size_ms, w.hop_ms, spec.allowed_lateness_ms, spec.grace_ms)
+
+
 class PartitionWindows:
     """Open windows and the watermark of one input partition."""
 
@@ -142,9 +163,7 @@ class PartitionWindows:
         self.sensors: dict[str, SensorMeta] = {}
         self.slot_sensor: list[str] = []
         self.slot_metric: list[str] = []
-        self.stores = [
-            PaneStore(w.size_ms, w.hop_ms, spec.allowed_lateness_ms, spec.grace_ms) for w in spec.windows
-        ]
+        self.stores: list[Any] = [_store(w, spec) for w in spec.windows]
         self._last_input_ms: int | None = None
         self._pending: list[list[Closed | None]] = [[] for _ in self.stores]
         self.dirty: set[str] = set()
@@ -162,7 +181,8 @@ class PartitionWindows:
         """Load the partition's watermark position (from a table)."""
         self.max_ts_ms = max(self.max_ts_ms, max_ts_ms)
         for store in self.stores:  # every window ending by the watermark was emitted
-            store.closed_end = max(store.closed_end, self.watermark_ms - self.spec.grace_ms)
+            if isinstance(store, PaneStore):
+                store.closed_end = max(store.closed_end, self.watermark_ms - self.spec.grace_ms)
 
     # -- slots ------------------------------------------------------------------------------
     def _meta(self, r: Reading) -> SensorMeta:
@@ -204,9 +224,12 @@ class PartitionWindows:
         late_any = np.zeros(n, dtype=bool)
         per_store_ok = []
         for store in self.stores:
-            late = store.last_window_end(ts) + self.spec.grace_ms <= wm_before
+            if isinstance(store, PaneStore):
+                late = store.last_window_end(ts) + self.spec.grace_ms <= wm_before
+                late_any |= late
+            else:  # session/sliding decide per row while adding
+                late = np.zeros(n, dtype=bool)
             per_store_ok.append(~late)
-            late_any |= late
         # duplicates (redelivered after a restart) and slot columns
         slots: list[int] = []
         rows: list[int] = []
@@ -237,7 +260,16 @@ class PartitionWindows:
             val_a = np.asarray(vals, dtype=np.float64)
             for si, okk in enumerate(per_store_ok):
                 keep = (okk & ok)[row_a]
-                self._feed(si, slot_a[keep], ts[row_a[keep]], val_a[keep], wm_before[row_a[keep]])
+                store = self.stores[si]
+                if isinstance(store, PaneStore):
+                    self._feed(si, slot_a[keep], ts[row_a[keep]], val_a[keep], wm_before[row_a[keep]])
+                    continue
+                late_rows = store.add(slot_a[keep], ts[row_a[keep]], val_a[keep], wm_before[row_a[keep]])
+                for i in np.unique(row_a[keep][late_rows]).tolist():
+                    if out[i] is None:
+                        r = readings[i]
+                        wm = int(wm_before[i])
+                        out[i] = Late(r, wm, r.ts_ms, wm - r.ts_ms)
         self.max_ts_ms = max(self.max_ts_ms, int(ts.max()))
         return out
 
@@ -250,6 +282,9 @@ class PartitionWindows:
         wm_before = run_max[:-1] - self.spec.allowed_lateness_ms
         late_n = 0
         for si, store in enumerate(self.stores):
+            if not isinstance(store, PaneStore):
+                late_n = max(late_n, int(store.add(slot, ts, val, wm_before).sum()))
+                continue
             keep = store.last_window_end(ts) + self.spec.grace_ms > wm_before
             late_n = max(late_n, int((~keep).sum()))
             self._feed(si, slot[keep], ts[keep], val[keep], wm_before[keep])
@@ -346,7 +381,7 @@ class PartitionWindows:
         """
         records: list[dict[str, Any]] = []
         for wdef, closed in self.close_columns():
-            if zone_partials is not None:
+            if zone_partials is not None and not wdef.keyed:
                 from streams.zones import partials_from_closed
 
                 metas = [self.sensors[s] for s in self.slot_sensor]
@@ -395,7 +430,14 @@ class PartitionWindows:
         """JSON-safe state of one sensor (its open panes in every store), for a table."""
         meta = self.sensors[sensor_id]
         panes: list[list[Any]] = []
+        keyed: list[list[Any]] = []
         for si, store in enumerate(self.stores):
+            if not isinstance(store, PaneStore):
+                for metric, slot in meta.slots.items():
+                    doc = store.export(slot)
+                    if doc and any(doc):
+                        keyed.append([si, metric, doc])
+                continue
             for metric, slot in meta.slots.items():
                 if slot >= store.cap:
                     continue
@@ -408,7 +450,7 @@ class PartitionWindows:
                     ])
         return {
             "p": self.partition, "k": meta.kind, "z": meta.zone, "u": meta.units, "o": meta.offset, "w": panes,
-            "c": [store.closed_end for store in self.stores],
+            "c": [getattr(store, "closed_end", 0) for store in self.stores], "ks": keyed,
         }
 
     def restore(self, sensor_id: str, doc: dict[str, Any]) -> None:
@@ -418,7 +460,10 @@ class PartitionWindows:
         for metric, unit in doc["u"].items():
             self._slot(meta, sensor_id, metric, unit)
         for store, closed_end in zip(self.stores, doc.get("c", ()), strict=False):
-            store.closed_end = max(store.closed_end, int(closed_end))
+            if isinstance(store, PaneStore):
+                store.closed_end = max(store.closed_end, int(closed_end))
+        for si, metric, kdoc in doc.get("ks", ()):
+            self.stores[si].restore(meta.slots[metric], kdoc)
         for si, metric, pane, acc, off, idx, cnt in doc["w"]:
             store = self.stores[si]
             slot = meta.slots[metric]
@@ -432,9 +477,55 @@ class PartitionWindows:
 
     def take_dirty(self) -> dict[str, dict[str, Any]]:
         """State of the sensors changed since the last call."""
-        out = {sid: self.sensor_state(sid) for sid in sorted(self.dirty)}
+        out = self.sensor_states(sorted(self.dirty))
         self.dirty.clear()
         return out
+
+    def sensor_states(self, sensor_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """:meth:`sensor_state` of many sensors at once (equal documents, one numpy pass per store).
+
+        The per-sensor version costs a few numpy calls per (metric, pane); a worker serialises the
+        state of every sensor a micro-batch touched, so this gathers all their cells first.
+        """
+        metas = [self.sensors[sid] for sid in sensor_ids]
+        entries = [(j, metric, slot) for j, meta in enumerate(metas) for metric, slot in meta.slots.items()]
+        panes: list[list[list[Any]]] = [[] for _ in metas]
+        keyed: list[list[list[Any]]] = [[] for _ in metas]
+        ent_slot = np.fromiter((e[2] for e in entries), dtype=np.int64, count=len(entries))
+        for si, store in enumerate(self.stores):
+            if not isinstance(store, PaneStore):
+                for j, metric, slot in entries:
+                    doc = store.export(slot)
+                    if doc and any(doc):
+                        keyed[j].append([si, metric, doc])
+                continue
+            ok = np.flatnonzero(ent_slot < store.cap)
+            occ = store.pid[ent_slot[ok]] != FREE  # (entries, ring)
+            row, ring = np.nonzero(occ)  # row-major: entry order, then ring index (as flatnonzero)
+            if len(row) == 0:
+                continue
+            cs = ent_slot[ok][row]
+            pid = store.pid[cs, ring].tolist()
+            acc = store.acc[cs, ring].tolist()
+            off = store.sk_off[cs, ring].tolist()
+            counts = store.sk[cs, ring]
+            nzr, nzk = np.nonzero(counts)
+            nz_vals = counts[nzr, nzk].tolist()
+            nz_keys = nzk.tolist()
+            bounds = np.r_[0, np.cumsum(np.count_nonzero(counts, axis=1))].tolist()
+            ent = ok[row].tolist()
+            for c, e in enumerate(ent):
+                j, metric, _ = entries[e]
+                lo, hi = bounds[c], bounds[c + 1]
+                panes[j].append([si, metric, pid[c], acc[c], off[c], nz_keys[lo:hi], nz_vals[lo:hi]])
+        closed = [getattr(store, "closed_end", 0) for store in self.stores]
+        return {
+            sid: {
+                "p": self.partition, "k": meta.kind, "z": meta.zone, "u": meta.units, "o": meta.offset,
+                "w": panes[j], "c": list(closed), "ks": keyed[j],
+            }
+            for j, (sid, meta) in enumerate(zip(sensor_ids, metas, strict=True))
+        }
 
 
 __all__ = ["DUPLICATE", "Late", "PartitionWindows", "WindowDef", "WindowSpec", "parse_ms", "sketch"]

@@ -85,3 +85,60 @@ def test_length_mismatch_raises() -> None:
 def test_config_is_frozen() -> None:
     with pytest.raises(AttributeError):
         DetectorConfig().min_rows = 3  # type: ignore[misc]
+
+
+def test_one_huge_spike_does_not_mask_a_later_anomaly() -> None:
+    # record_step caps how far one row raises a record: a 60-sigma spike early on must not hide a
+    # 10-sigma one later (NAB TravelTime_387: probation spikes hid the first window)
+    ts, x = _synthetic(1600)
+    x[300] += 600.0
+    x[1400] += 100.0
+    s = score_series(ts, x)
+    assert s[1400] > 0.8
+    assert s[1400] == s[1000:].max()
+
+
+def test_persistent_shift_emits_once() -> None:
+    # hold_margin: a level shift that persists gets one full score at its onset, not one per row
+    ts, x = _synthetic(1600)
+    x[1000:] += 30.0
+    s = score_series(ts, x)
+    assert s[1000:1010].max() > 0.8
+    assert int(np.sum(s[1000:] > 0.5)) <= 3
+
+
+def test_scores_in_range_and_causal_on_long_series() -> None:
+    # the record and suppression half-lives grow with the rows seen; check range and causality past that
+    ts, x = _synthetic(6000, seed=11)
+    x[[2500, 4100, 5200]] += [25.0, -30.0, 40.0]
+    full = score_series(ts, x)
+    assert np.all((full >= 0.0) & (full <= 1.0))
+    assert np.array_equal(score_series(ts[:4500], x[:4500]), full[:4500])
+    assert np.array_equal(score_series(ts, x), full)
+
+
+def test_nearest_shape_matches_brute_force() -> None:
+    from models.detector import _ShapeMemory
+
+    rng = np.random.default_rng(5)
+    mem = _ShapeMemory(rows=8, init_rows=50, memory_rows=120)  # small ring: exercises wrap-around
+    xs = rng.normal(0.0, 1.0, 400)
+    window: list[float] = []
+    history: list[np.ndarray] = []
+    for i, v in enumerate(xs):
+        got = mem.score(float(v))
+        if i < 49:
+            assert got is None
+            continue
+        if i == 49:
+            assert got is None
+            scaled = (xs[:50] - mem._lo) / mem._scale
+            history = [scaled[t - 7 : t + 1] for t in range(7, 50)]
+            window = list(scaled[-8:])
+            continue
+        window = [*window[1:], (v - mem._lo) / mem._scale]
+        vec = np.asarray(window)
+        past = np.asarray(history[-120:][: max(0, min(len(history), 120) - 7)])
+        want = float(np.sqrt(np.min(np.sum((past - vec) ** 2, axis=1)))) if len(past) else 0.0
+        assert got == pytest.approx(want, abs=1e-9)
+        history.append(vec)
