@@ -166,7 +166,6 @@ def test_idle_partition_flushes_by_clock() -> None:
 @pytest.mark.parametrize("text", ["tumbling:1m", "hopping:5m/1m", "session:1m", "sliding:5m"])
 def test_window_defs_parse(text: str) -> None:
     assert WindowDef.parse(text).size_ms in (60_000, 300_000)
-    assert WindowDef.parse(WindowDef.parse(text).label.replace('60000', '1m').replace('300000', '5m')) == WindowDef.parse(text) or True
 
 
 @pytest.mark.parametrize("text", ["tumbling:0s", "hopping:5m/2m", "rolling:1m", "hopping:5m", "session:x"])
