@@ -16,6 +16,7 @@ from typing import Any
 import faust
 import orjson
 
+from connectors.buffer import BufferedSink, BufferFull, open_spool
 from connectors.influx import open_sink
 from connectors.lineprotocol import Point, aggregate_point, alert_point, zone_point
 from streams.alert_agents import attach_alerting
@@ -41,6 +42,23 @@ def wall_ms() -> int:
 def _ts(ms: int) -> float:
     # Faust converts seconds back with int(ts * 1000.0); the half millisecond keeps it exact.
     return (ms + 0.5) / 1000.0
+
+
+#: Counters of the time-series writer (connectors.buffer.BufferedSink.stats) on the stats page; the
+#: first four are totals, the rest gauges of the current backlog.
+_BUFFER_TOTALS = ("points_written", "write_failures", "spooled_points_total", "buffer_full_events")
+_BUFFER_STATS = (*_BUFFER_TOTALS, "buffered_memory_points", "spool_batches", "spool_bytes")
+
+
+def _buffer_full_alert(detail: str, now_ms: int) -> dict[str, Any]:
+    """The maintenance alert raised when the time-series buffer is exhausted (consumption pauses)."""
+    return {
+        "v": 1, "alert_id": f"a-sink-buffer-full-{now_ms}", "seq": 0, "rule": "sink_buffer_full",
+        "category": "maintenance", "severity": "critical", "state": "raised", "subject_type": "sink",
+        "sensor_id": None, "zone": "", "kind": None, "metric": None, "value": 1.0, "threshold": 0.0,
+        "message": f"time-series store unreachable and outage buffer full; consumption paused: {detail}",
+        "raised_ts_ms": now_ms, "ts_ms": now_ms, "latency_ms": 0,
+    }
 
 
 def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one place that wires it all
@@ -71,14 +89,17 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
         WindowSpec(
             w.size_ms, w.allowed_lateness_ms, w.grace_ms, w.idle_timeout_ms,
             tuple(WindowDef.parse(x) for x in w.extra.split(",") if x.strip()),
+            early_updates=w.early_updates,
         ),
         (),  # rules run in the stateful alert engine (streams.alert_agents), not per window here
         max_payload_bytes=settings.max_payload_bytes,
         zones=w.zones,
+        max_sensors_per_partition=settings.max_sensors_per_partition,
     )
     app.urbansense_pipeline = pipeline  # type: ignore[attr-defined]
     attach_alerting(app, settings, counters=pipeline.counters)
-    sink_stats = {"points_written": 0, "write_failures": 0}
+    sink_stats = {"points_written": 0, "write_failures": 0, "buffer_full": 0}
+    buffered: list[BufferedSink] = []  # the timeseries agent's writer, for the flush timer and stats page
 
     async def emit(out: Output) -> None:
         for dl in out.dead_letters:
@@ -198,8 +219,19 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
 
     @app.agent(sink_topics, name="urbansense.timeseries")
     async def timeseries(stream: faust.StreamT) -> AsyncIterator[None]:
-        """Write aggregates and alerts to the time-series store, acknowledging after each write."""
-        sink = open_sink(settings)
+        """Write aggregates and alerts to the time-series store, acknowledging after each write.
+
+        During a store outage the batches go to a bounded memory buffer, then a bounded disk spool
+        (connectors.buffer); when both are full the agent holds its batch and stops pulling
+        (back-pressure), says so (ERROR log, ``buffer_full`` on the stats page, one alert record).
+        """
+        i = settings.influx
+        sink = BufferedSink(
+            open_sink(settings),
+            open_spool(settings.data_dir / "spool", settings.app_id, i.spool_max_bytes),
+            memory_points=i.buffer_memory_points,
+        )
+        buffered.append(sink)
         try:
             async for events in stream.take_events(SINK_BATCH, within=0.5):
                 points: list[Point] = []
@@ -213,10 +245,20 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
                     else:
                         points.append(aggregate_point(doc))
                 delay = 1.0
-                while True:  # never drop: hold the batch (and the offsets) until it is written
+                alerted = False
+                while True:  # never drop: hold the batch (and the offsets) until it is written or buffered
                     try:
                         await sink.write(points)
                         break
+                    except BufferFull as exc:
+                        sink_stats["buffer_full"] += 1
+                        if not alerted:
+                            alerted = True
+                            await alerts.send(
+                                key=b"sink_buffer_full", value=orjson.dumps(_buffer_full_alert(str(exc), wall_ms()))
+                            )
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 5.0)
                     except SinkError as exc:
                         sink_stats["write_failures"] += 1
                         logger.error(
@@ -224,10 +266,18 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
                         )
                         await asyncio.sleep(delay)
                         delay = min(delay * 2, 30.0)
-                sink_stats["points_written"] += len(points)
                 yield None
         finally:
+            buffered.remove(sink)
             await sink.close()
+            for f in _BUFFER_TOTALS:  # keep the totals of a restarted agent
+                sink_stats[f] = sink_stats.get(f, 0) + sink.stats[f]
+
+    @app.timer(interval=1.0)
+    async def timeseries_flush() -> None:
+        """Replay the outage backlog when no new batch arrives to trigger it."""
+        for sink in list(buffered):
+            await sink.flush()
 
     @app.on_partitions_assigned.connect
     async def _assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
@@ -262,6 +312,9 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
             "alerts": c.alerts,
             "open_windows": sum(pw.open_windows for pw in pipeline.partitions.values()),
             "watermarks_ms": {str(p): pw.watermark_ms for p, pw in pipeline.partitions.items()},
-            **sink_stats,
+            **{
+                f: sink_stats.get(f, 0) + sum(b.stats.get(f, 0) for b in buffered)
+                for f in {*sink_stats, *_BUFFER_STATS}
+            },
         }
         return web_.json(body)

@@ -112,6 +112,8 @@ class WindowSpec:
     grace_ms: int = 0
     idle_timeout_ms: int = 30_000
     extra: tuple[WindowDef, ...] = ()
+    #: Also emit provisional results of open tumbling/hopping windows after each micro-batch.
+    early_updates: bool = False
 
     def __post_init__(self) -> None:
         if self.size_ms <= 0 or self.allowed_lateness_ms < 0 or self.grace_ms < 0 or self.idle_timeout_ms <= 0:
@@ -164,6 +166,9 @@ class PartitionWindows:
         self.slot_sensor: list[str] = []
         self.slot_metric: list[str] = []
         self.stores: list[Any] = [_store(w, spec) for w in spec.windows]
+        for store in self.stores:
+            if isinstance(store, PaneStore):
+                store.track_early = spec.early_updates
         self._last_input_ms: int | None = None
         self._pending: list[list[Closed | None]] = [[] for _ in self.stores]
         self.dirty: set[str] = set()
@@ -385,40 +390,64 @@ class PartitionWindows:
                 from streams.zones import partials_from_closed
 
                 metas = [self.sensors[s] for s in self.slot_sensor]
-                zone_partials.extend(partials_from_closed(
-                    closed, wdef.label, wdef.size_ms, wdef.hop_ms, self.partition,
-                    [m.zone for m in metas], [m.kind for m in metas], self.slot_metric,
-                    [metas[i].units.get(m, "") for i, m in enumerate(self.slot_metric)],
-                ))
-            cols = {k: v.tolist() for k, v in closed.columns().items()}
-            names = list(cols)
-            slot = closed.slot.tolist()
-            start = closed.start_ms.tolist()
-            end = closed.end_ms.tolist()
-            rows = []
-            for i, s in enumerate(slot):
-                sid = self.slot_sensor[s]
-                metric = self.slot_metric[s]
-                meta = self.sensors[sid]
-                rec: dict[str, Any] = {
-                    "v": 1,
-                    "sensor_id": sid,
-                    "kind": meta.kind,
-                    "zone": meta.zone,
-                    "metric": metric,
-                    "unit": meta.units.get(metric, ""),
-                    "window": wdef.kind,
-                    "size_ms": wdef.size_ms,
-                    "hop_ms": wdef.hop_ms,
-                    "start_ms": start[i],
-                    "end_ms": end[i],
-                }
-                for name in names:
-                    rec[name] = cols[name][i]
-                rows.append(((end[i], sid, metric), rec))
-            rows.sort(key=lambda x: x[0])
-            records.extend(r for _, r in rows)
+                zone_partials.extend(
+                    partials_from_closed(
+                        closed,
+                        wdef.label,
+                        wdef.size_ms,
+                        wdef.hop_ms,
+                        self.partition,
+                        [m.zone for m in metas],
+                        [m.kind for m in metas],
+                        self.slot_metric,
+                        [metas[i].units.get(m, "") for i, m in enumerate(self.slot_metric)],
+                    )
+                )
+            records.extend(self._records(wdef, closed, final=True))
         return records
+
+    def early_records(self) -> list[dict[str, Any]]:
+        """Provisional aggregates (``"final": false``) of open windows updated since the last call."""
+        if not self.spec.early_updates:
+            return []
+        out: list[dict[str, Any]] = []
+        for wdef, store in zip(self.spec.windows, self.stores, strict=True):
+            if isinstance(store, PaneStore):
+                out.extend(self._records(wdef, store.early(), final=False))
+        return out
+
+    def _records(self, wdef: WindowDef, closed: Closed, *, final: bool) -> list[dict[str, Any]]:
+        if len(closed) == 0:
+            return []
+        cols = {k: v.tolist() for k, v in closed.columns().items()}
+        names = list(cols)
+        slot = closed.slot.tolist()
+        start = closed.start_ms.tolist()
+        end = closed.end_ms.tolist()
+        rows = []
+        for i, s in enumerate(slot):
+            sid = self.slot_sensor[s]
+            metric = self.slot_metric[s]
+            meta = self.sensors[sid]
+            rec: dict[str, Any] = {
+                "v": 1,
+                "sensor_id": sid,
+                "kind": meta.kind,
+                "zone": meta.zone,
+                "metric": metric,
+                "unit": meta.units.get(metric, ""),
+                "window": wdef.kind,
+                "size_ms": wdef.size_ms,
+                "hop_ms": wdef.hop_ms,
+                "start_ms": start[i],
+                "end_ms": end[i],
+                "final": final,
+            }
+            for name in names:
+                rec[name] = cols[name][i]
+            rows.append(((end[i], sid, metric, start[i]), rec))
+        rows.sort(key=lambda x: x[0])
+        return [r for _, r in rows]
 
     @property
     def open_windows(self) -> int:
@@ -444,13 +473,26 @@ class PartitionWindows:
                 for r in np.flatnonzero(store.pid[slot] != FREE).tolist():
                     counts = store.sk[slot, r]
                     nz = np.flatnonzero(counts)
-                    panes.append([
-                        si, metric, int(store.pid[slot, r]), store.acc[slot, r].tolist(),
-                        int(store.sk_off[slot, r]), nz.tolist(), counts[nz].tolist(),
-                    ])
+                    panes.append(
+                        [
+                            si,
+                            metric,
+                            int(store.pid[slot, r]),
+                            store.acc[slot, r].tolist(),
+                            int(store.sk_off[slot, r]),
+                            nz.tolist(),
+                            counts[nz].tolist(),
+                        ]
+                    )
         return {
-            "p": self.partition, "k": meta.kind, "z": meta.zone, "u": meta.units, "o": meta.offset, "w": panes,
-            "c": [getattr(store, "closed_end", 0) for store in self.stores], "ks": keyed,
+            "p": self.partition,
+            "k": meta.kind,
+            "z": meta.zone,
+            "u": meta.units,
+            "o": meta.offset,
+            "w": panes,
+            "c": [getattr(store, "closed_end", 0) for store in self.stores],
+            "ks": keyed,
         }
 
     def restore(self, sensor_id: str, doc: dict[str, Any]) -> None:
@@ -521,8 +563,14 @@ class PartitionWindows:
         closed = [getattr(store, "closed_end", 0) for store in self.stores]
         return {
             sid: {
-                "p": self.partition, "k": meta.kind, "z": meta.zone, "u": meta.units, "o": meta.offset,
-                "w": panes[j], "c": list(closed), "ks": keyed[j],
+                "p": self.partition,
+                "k": meta.kind,
+                "z": meta.zone,
+                "u": meta.units,
+                "o": meta.offset,
+                "w": panes[j],
+                "c": list(closed),
+                "ks": keyed[j],
             }
             for j, (sid, meta) in enumerate(zip(sensor_ids, metas, strict=True))
         }

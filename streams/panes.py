@@ -110,6 +110,8 @@ class PaneStore:
         # Sketch counters start as uint16 (128 bytes a window) and widen if a window gets busier.
         self.sk = np.empty((0, self.ring, sketch.K), dtype=np.uint16)
         self.closed_end = _EMPTY  # every window ending at or before this has been emitted
+        self.touched: set[int] = set()  # cells updated since the last early() call
+        self.track_early = False
         self._grow(capacity)
 
     # -- capacity ---------------------------------------------------------------------------
@@ -206,6 +208,8 @@ class PaneStore:
         bounds = np.flatnonzero(np.r_[True, sc[1:] != sc[:-1]])
         ends = np.r_[bounds[1:], len(sc)] - 1
         uc = sc[bounds]
+        if self.track_early:
+            self.touched.update(uc.tolist())
         fi = order[bounds]
         li = order[ends]
         better_first = tsf[fi] < acc[uc, FTS]
@@ -269,6 +273,34 @@ class PaneStore:
         if not parts:
             return _empty()
         return Closed(*(np.concatenate([getattr(p, f) for p in parts]) for f in Closed.__slots__))
+
+    def early(self) -> Closed:
+        """Provisional results of the open windows updated since the last call (not freed)."""
+        cells = np.fromiter(self.touched, dtype=np.int64, count=len(self.touched))
+        self.touched.clear()
+        if len(cells) == 0:
+            return _empty()
+        slots = cells // self.ring
+        panes = self.pid.reshape(-1)[cells]
+        live = panes != FREE
+        slots, panes = slots[live], panes[live]
+        starts = panes * self.pane_ms
+        hop, size = self.hop_ms, self.size_ms
+        first_start = starts - starts % hop - (size - hop)
+        ends: set[int] = set()
+        for k in range(size // hop):
+            e = first_start + k * hop + size
+            ends.update(e[e > self.closed_end].tolist())
+        parts = []
+        want = set(slots.tolist())
+        for e in sorted(ends):
+            w = self._window(e)
+            keep = np.isin(w.slot, list(want))
+            if keep.any():
+                parts.append(Closed(*(getattr(w, f)[keep] for f in Closed.__slots__)))
+        if not parts:
+            return _empty()
+        return Closed(*(np.concatenate([getattr(x, f) for x in parts]) for f in Closed.__slots__))
 
     def _window(self, end: int) -> Closed:
         start = end - self.size_ms

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from alerting.rules import ThresholdRule, evaluate
+from alerting.rules import ThresholdRule, alert_id, evaluate
 from streams.deadletter import DeadLetter, dead_letter
 from streams.engine import DUPLICATE, NO_WATERMARK, Late, PartitionWindows, WindowSpec
 from streams.errors import InvalidReading
@@ -21,6 +21,7 @@ from streams.schema import MAX_PAYLOAD_BYTES, parse_reading
 logger = logging.getLogger(__name__)
 
 WATERMARK_KEY = "__watermark__:{partition}"
+CARDINALITY_RULE = "cardinality_limit"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,8 @@ class Counters:
     duplicates: int = 0
     aggregates: int = 0
     alerts: int = 0
+    #: Readings dead-lettered because their partition already tracks ``max_sensors_per_partition`` ids.
+    cardinality_limited: int = 0
 
 
 class Pipeline:
@@ -71,8 +74,14 @@ class Pipeline:
         *,
         max_payload_bytes: int = MAX_PAYLOAD_BYTES,
         zones: bool = False,
+        max_sensors_per_partition: int | None = None,
     ) -> None:
+        if max_sensors_per_partition is not None and max_sensors_per_partition < 1:
+            msg = f"max_sensors_per_partition: expected >= 1 or None, got {max_sensors_per_partition}"
+            raise ValueError(msg)
         self.zones = zones
+        self.max_sensors_per_partition = max_sensors_per_partition
+        self._cardinality_alerted: set[int] = set()
         self._born: dict[int, int] = {}
         self.spec = spec
         self.rules = rules
@@ -117,6 +126,7 @@ class Pipeline:
         out = Output()
         c = self.counters
         by_partition: dict[int, tuple[list[Record], list[Any]]] = {}
+        admitted: dict[int, set[str]] = {}  # new sensor ids let in by this batch, per partition
         for rec in records:
             c.readings_in += 1
             try:
@@ -126,6 +136,10 @@ class Pipeline:
                 source = f"kafka:{rec.topic}/{rec.partition}@{rec.offset}"
                 logger.warning("dead-lettered reading source=%s reason=%s", source, err.reason)
                 out.dead_letters.append(dead_letter(rec.value, err, source=source, now_ms=now_ms, key=rec.key))
+                continue
+            if self.max_sensors_per_partition is not None and not self._admit(
+                rec, reading, admitted, now_ms, table, out
+            ):
                 continue
             recs, readings = by_partition.setdefault(rec.partition, ([], []))
             recs.append(rec)
@@ -150,6 +164,74 @@ class Pipeline:
         for p in sorted(touched):
             self._close(self.partitions[p], out)
         return out
+
+    def _admit(
+        self,
+        rec: Record,
+        reading: Any,
+        admitted: dict[int, set[str]],
+        now_ms: int,
+        table: Iterable[tuple[str, Any]] | None,
+        out: Output,
+    ) -> bool:
+        """Cardinality guard: a new sensor id beyond the partition's limit is dead-lettered, never tracked."""
+        limit = self.max_sensors_per_partition or 0
+        p = rec.partition
+        pw = self.partitions.get(p) or self.partition(p, table or ())
+        new = admitted.setdefault(p, set())
+        sid = reading.sensor_id
+        if sid in pw.sensors or sid in new:
+            return True
+        if len(pw.sensors) + len(new) < limit:
+            new.add(sid)
+            return True
+        c = self.counters
+        c.dead_letters += 1
+        c.cardinality_limited += 1
+        source = f"kafka:{rec.topic}/{p}@{rec.offset}"
+        detail = (
+            f"reading sensor_id={sid}: partition {p} already tracks {len(pw.sensors) + len(new)} sensor ids, "
+            f"expected at most {limit} (URBAN_MAX_SENSORS_PER_PARTITION)"
+        )
+        logger.warning("dead-lettered reading source=%s reason=%s sensor_id=%s", source, CARDINALITY_RULE, sid)
+        err = InvalidReading(CARDINALITY_RULE, detail)
+        out.dead_letters.append(dead_letter(rec.value, err, source=source, now_ms=now_ms, key=rec.key))
+        if p not in self._cardinality_alerted:
+            self._cardinality_alerted.add(p)
+            out.alerts.append(self._cardinality_alert(p, reading, limit, len(pw.sensors) + len(new), now_ms))
+            c.alerts += 1
+        return False
+
+    @staticmethod
+    def _cardinality_alert(partition: int, reading: Any, limit: int, tracked: int, now_ms: int) -> dict[str, Any]:
+        """One maintenance alert per partition (stable id: a replay does not duplicate it)."""
+        message = (
+            f"input partition {partition} reached the limit of {limit} sensor ids; readings of new ids "
+            f"(first: {reading.sensor_id} in {reading.zone}) are dead-lettered with reason {CARDINALITY_RULE}"
+        )
+        logger.error("cardinality limit reached partition=%d limit=%d tracked=%d", partition, limit, tracked)
+        return {
+            "v": 1,
+            "alert_id": alert_id(CARDINALITY_RULE, f"partition:{partition}", 0),
+            "seq": 0,
+            "rule": CARDINALITY_RULE,
+            "category": "maintenance",
+            "severity": "warning",
+            "state": "raised",
+            "subject_type": "partition",
+            "sensor_id": reading.sensor_id,
+            "zone": reading.zone,
+            "kind": reading.kind,
+            "metric": None,
+            "value": float(tracked),
+            "threshold": float(limit),
+            "message": message,
+            "window_start_ms": now_ms,
+            "window_end_ms": now_ms,
+            "raised_ts_ms": now_ms,
+            "ts_ms": now_ms,
+            "latency_ms": 0,
+        }
 
     def tick(self, now_ms: int) -> Output:
         """Advance idle partitions' watermarks by the clock and close what that completes.
@@ -183,6 +265,9 @@ class Pipeline:
         closed = pw.close_ready(out.zone_msgs if self.zones else None)
         if self.zones:
             self.mark(pw, out, force=len(out.zone_msgs) > before)
+        early = pw.early_records()
+        if early:
+            out.aggregates.extend(early)
         if closed:
             out.aggregates.extend(closed)
             self.counters.aggregates += len(closed)

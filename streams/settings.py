@@ -85,6 +85,11 @@ class InfluxSettings(_Section):
     flush_interval_ms: int = Field(default=1000, ge=10)
     max_retries: int = Field(default=5, ge=0)
     timeout_ms: int = Field(default=10_000, ge=100)
+    # Outage buffering (connectors/buffer.py): points held in memory while the store is down, then an
+    # on-disk spool under <data_dir>/spool of at most this many bytes; beyond both the writer pauses
+    # consumption (back-pressure) instead of dropping points. 0 memory points: spool every held batch.
+    buffer_memory_points: int = Field(default=50_000, ge=0)
+    spool_max_bytes: int = Field(default=256 * 1024 * 1024, ge=4096)
 
 
 class StoreSettings(_Section):
@@ -107,6 +112,8 @@ class WindowSettings(_Section):
     extra: str = ""
     #: Roll every window up per zone (all sensors of a zone, merged from partial states).
     zones: bool = True
+    #: Also publish provisional results (``"final": false``) of open windows after each micro-batch.
+    early_updates: bool = False
 
 
 class AlertingSettings(_Section):
@@ -128,6 +135,9 @@ class Settings(BaseSettings):
     web_port: int = Field(default=6066, ge=0, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     max_payload_bytes: int = Field(default=64 * 1024, ge=256)
+    #: Distinct sensor ids one input partition tracks; readings of further new ids are dead-lettered
+    #: (reason ``cardinality_limit``) and one maintenance alert is raised (streams/pipeline.py).
+    max_sensors_per_partition: int = Field(default=100_000, ge=1)
     kafka: KafkaSettings = KafkaSettings()
     mqtt: MqttSettings = MqttSettings()
     influx: InfluxSettings = InfluxSettings()

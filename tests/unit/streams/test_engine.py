@@ -278,3 +278,19 @@ def test_keyed_state_round_trips() -> None:
     pw.max_ts_ms += 10**12
     back.max_ts_ms += 10**12
     assert repr(pw.close_ready()) == repr(back.close_ready())
+
+
+def test_early_updates_are_provisional_and_the_final_is_unchanged() -> None:
+    events = [("s", i * 1000, float(i)) for i in range(25)]
+    spec_early = WindowSpec(SIZE, 0, 0, 30_000, early_updates=True)
+    pw = PartitionWindows(spec_early)
+    out = []
+    for lo in range(0, 25, 4):
+        pw.add_batch([reading(*e) for e in events[lo : lo + 4]], list(range(lo, min(lo + 4, 25))))
+        out += pw.close_ready() + pw.early_records()
+    first = [a for a in out if a["metric"] == "power_kw" and a["start_ms"] == 0]
+    assert [a["final"] for a in first] == [False, False, True]
+    assert [a["count"] for a in first] == [4, 8, 10]
+    plain, _ = run(events, WindowSpec(SIZE, 0, 0, 30_000), 4)
+    final = [a for a in plain if a["metric"] == "power_kw" and a["start_ms"] == 0]
+    assert final == [first[-1]]
