@@ -1,29 +1,58 @@
-"""Threshold rules over closed window aggregates (pure).
+"""Alert rule files: parsing and validation (pure).
 
-A rule names a feed kind, a metric, an aggregate field (``mean``, ``max``, ...), a comparison and
-a level. Each aggregate that crosses it yields one :class:`Alert` whose id is stable for the
-(rule, sensor, window) occurrence, so redelivery and replays never duplicate it.
+A rule file is TOML with up to four parts (see ``alerting/default_rules.toml``)::
+
+    [engine]          # cool-down, rate limits, default escalation, sparkline length
+    [[rule]]          # per-sensor rules: threshold, rate_of_change, anomaly, silence,
+                      # stuck, out_of_range, jump
+    [[zone_rule]]     # k of n sensors of a zone in alarm within T -> one zone incident
+    [[maintenance]]   # windows per sensor or zone that suppress (and record) alerts
+
+:func:`load_rules` validates everything at start-up and on every hot reload; a
+:class:`~alerting.errors.RuleError` names the file, the line, the rule and the field.
+
+The stateless :class:`ThresholdRule` / :func:`evaluate` pair is kept for
+:class:`streams.pipeline.Pipeline`'s per-window checks (tests and benchmarks); the worker runs
+the stateful :class:`alerting.engine.AlertEngine` instead.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import logging
+import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Final, Literal, get_args
 
 from alerting.errors import RuleError
 
+logger = logging.getLogger(__name__)
+
 Severity = Literal["info", "warning", "critical"]
+Category = Literal["incident", "maintenance", "summary"]
 Op = Literal[">", ">=", "<", "<="]
-_FIELDS = frozenset({"mean", "min", "max", "sum", "count", "std", "first", "last"})
+RuleType = Literal["threshold", "rate_of_change", "anomaly", "silence", "stuck", "out_of_range", "jump"]
+Fold = Literal["always", "after_raise"]
+
+SEVERITIES: Final[tuple[str, ...]] = get_args(Severity)
+KINDS: Final[frozenset[str]] = frozenset({"traffic", "environment", "crowd", "iot"})
+_FIELDS: Final = frozenset(
+    {"mean", "min", "max", "sum", "count", "std", "first", "last", "p50", "p95", "p99", "rate_per_s"}
+)
+MAINTENANCE_TYPES: Final = frozenset({"silence", "stuck", "out_of_range", "jump"})
+
+
+# --------------------------------------------------------------------------------------------
+# Stateless per-window rule (kept for Pipeline)
 
 
 @dataclass(frozen=True, slots=True)
 class ThresholdRule:
-    """Raise when ``aggregate[field] <op> level`` for ``kind``/``metric``."""
+    """Stateless: raise when ``aggregate[field] <op> level`` for ``kind``/``metric``."""
 
     name: str
     kind: str
@@ -35,18 +64,26 @@ class ThresholdRule:
 
     def crossed(self, value: float) -> bool:
         """Whether ``value`` crosses the level."""
-        op = self.op
-        if op == ">":
-            return value > self.level
-        if op == ">=":
-            return value >= self.level
-        if op == "<":
-            return value < self.level
-        return value <= self.level
+        return crosses(self.op, value, self.level)
+
+
+def crosses(op: str, value: float, level: float) -> bool:
+    """``value <op> level``.
+
+    >>> crosses(">", 2.0, 1.0), crosses("<=", 2.0, 1.0)
+    (True, False)
+    """
+    if op == ">":
+        return value > level
+    if op == ">=":
+        return value >= level
+    if op == "<":
+        return value < level
+    return value <= level
 
 
 def alert_id(rule: str, subject: str, window_start_ms: int) -> str:
-    """Stable alert id for one (rule, sensor or zone, window) occurrence.
+    """Stable alert id for one (rule, sensor or zone, occurrence start) triple.
 
     >>> alert_id("pm25_high", "env-futian-0001", 60000)
     'a-2f82c14509cd4f2f'
@@ -56,11 +93,7 @@ def alert_id(rule: str, subject: str, window_start_ms: int) -> str:
 
 
 def evaluate(rules: tuple[ThresholdRule, ...], agg: dict[str, Any]) -> list[dict[str, Any]]:
-    """Alerts raised by one closed aggregate (usually zero).
-
-    The alert's event time is the window end (the earliest it can be known); ``latency_ms`` is
-    the event time from the window's first reading to that end.
-    """
+    """Stateless alerts raised by one closed aggregate (usually zero); no lifecycle, no hysteresis."""
     out: list[dict[str, Any]] = []
     for rule in rules:
         if rule.kind != agg["kind"] or rule.metric != agg["metric"]:
@@ -95,67 +128,528 @@ def evaluate(rules: tuple[ThresholdRule, ...], agg: dict[str, Any]) -> list[dict
     return out
 
 
-def load_rules(path: Path | None = None) -> tuple[ThresholdRule, ...]:
-    """Load rules from a TOML file (the packaged defaults when ``path`` is None).
+# --------------------------------------------------------------------------------------------
+# The rule file model
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One per-sensor rule. Levels and durations are validated by :func:`load_rules`.
+
+    ``raise_level``/``clear_level`` give hysteresis: for ``op='>'`` an occurrence starts when the
+    value exceeds ``raise_level`` for ``for_windows`` windows (and ``for_ms``), and ends when it
+    falls to ``clear_level`` or below for ``clear_windows`` windows.
+    """
+
+    name: str
+    type: RuleType
+    kind: str | None = None
+    metric: str | None = None
+    field: str = "mean"
+    op: Op = ">"
+    raise_level: float = 0.0
+    clear_level: float = 0.0
+    low: float | None = None
+    high: float | None = None
+    for_windows: int = 1
+    for_ms: int = 0
+    clear_windows: int = 1
+    silent_ms: int = 0
+    severity: Severity = "warning"
+    category: Category = "incident"
+    escalate_after_ms: int | None = None
+    zones: frozenset[str] | None = None
+    sensors: frozenset[str] | None = None
+    window: str = "tumbling"
+    window_size_ms: int | None = None
+    line: int = 0
+
+    def applies(self, agg: dict[str, Any]) -> bool:
+        """Whether this rule looks at ``agg`` (kind, metric, window, zone and sensor filters)."""
+        if self.kind is not None and agg["kind"] != self.kind:
+            return False
+        if self.metric is not None and agg["metric"] != self.metric:
+            return False
+        if agg.get("window", "tumbling") != self.window:
+            return False
+        if self.window_size_ms is not None and agg.get("size_ms") != self.window_size_ms:
+            return False
+        if self.zones is not None and agg["zone"] not in self.zones:
+            return False
+        return self.sensors is None or agg["sensor_id"] in self.sensors
+
+    def clears(self, value: float) -> bool:
+        """Whether ``value`` is back on the safe side of the clear level."""
+        if self.op in (">", ">="):
+            return value <= self.clear_level
+        return value >= self.clear_level
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneRule:
+    """k of the zone's sensors in alarm under rule ``members`` within ``within_ms`` -> one zone incident.
+
+    ``fold='always'``: the member rule's per-sensor alerts in a covered zone are never published
+    alone, only folded into the zone incident. ``fold='after_raise'``: they are published until
+    the zone incident is raised, and folded after that.
+    """
+
+    name: str
+    members: str
+    k: int
+    within_ms: int
+    clear_below: int = 1
+    severity: Severity = "critical"
+    fold: Fold = "always"
+    escalate_after_ms: int | None = None
+    zones: frozenset[str] | None = None
+    line: int = 0
+
+    def covers(self, zone: str) -> bool:
+        """Whether the rule watches ``zone``."""
+        return self.zones is None or zone in self.zones
+
+
+@dataclass(frozen=True, slots=True)
+class Maintenance:
+    """A maintenance window ``[start_ms, end_ms)`` for one sensor or one zone (optionally some rules)."""
+
+    start_ms: int
+    end_ms: int
+    sensor_id: str | None = None
+    zone: str | None = None
+    rules: frozenset[str] | None = None
+    reason: str = ""
+
+    def covers(self, rule: str, sensor_id: str | None, zone: str, ts_ms: int) -> bool:
+        """Whether an alert of ``rule`` on this subject at event time ``ts_ms`` is suppressed."""
+        if not self.start_ms <= ts_ms < self.end_ms:
+            return False
+        if self.rules is not None and rule not in self.rules:
+            return False
+        if self.sensor_id is not None:
+            return sensor_id == self.sensor_id
+        return self.zone == zone
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Engine-wide settings (the ``[engine]`` table)."""
+
+    cooldown_ms: int = 300_000
+    series_points: int = 30
+    rate_window_ms: int = 60_000
+    zone_rate_limit: int = 20
+    global_rate_limit: int = 100
+    escalate_after_ms: int = 0
+    evidence_values: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    """Everything a rule file declares, validated."""
+
+    rules: tuple[Rule, ...] = ()
+    zone_rules: tuple[ZoneRule, ...] = ()
+    maintenance: tuple[Maintenance, ...] = ()
+    config: EngineConfig = field(default_factory=EngineConfig)
+    source: str = ""
+    warnings: tuple[str, ...] = ()
+
+    def rule(self, name: str) -> Rule | None:
+        """The per-sensor rule called ``name``."""
+        return next((r for r in self.rules if r.name == name), None)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_MS: Final = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, None: 1000}
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+
+_RULE_KEYS: Final = {
+    "name", "type", "kind", "metric", "field", "op", "level", "raise", "clear", "low", "high", "for_windows",
+    "for", "clear_windows", "silent_for", "severity", "category", "escalate_after", "zones", "sensors", "window",
+    "window_size", "max_step", "stuck_windows",
+}
+_ZONE_KEYS: Final = {"name", "members", "k", "within", "clear_below", "severity", "fold", "escalate_after", "zones"}
+_MAINT_KEYS: Final = {"sensor_id", "zone", "start", "end", "rules", "reason"}
+_ENGINE_KEYS: Final = {
+    "cooldown", "series_points", "rate_window", "zone_rate_limit", "global_rate_limit", "escalate_after",
+    "evidence_values",
+}
+
+
+class _Where:
+    """Finds the line of the i-th ``[[table]]`` and of a key inside it, for error messages."""
+
+    def __init__(self, path: str, text: str) -> None:
+        self.path = path
+        self.lines = text.splitlines()
+
+    def table_line(self, table: str, index: int) -> int:
+        pat = re.compile(rf"^\s*\[\[\s*{re.escape(table)}\s*\]\]")
+        seen = -1
+        for n, line in enumerate(self.lines, 1):
+            if pat.match(line):
+                seen += 1
+                if seen == index:
+                    return n
+        return 0
+
+    def key_line(self, table: str, index: int, key: str | None) -> int:
+        start = self.table_line(table, index)
+        if not start or key is None:
+            return start
+        pat = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=")
+        for n in range(start, len(self.lines)):
+            line = self.lines[n]
+            if line.lstrip().startswith("["):
+                break
+            if pat.match(line):
+                return n + 1
+        return start
+
+    def error(self, table: str, index: int, name: object, key: str | None, what: str) -> RuleError:
+        line = self.key_line(table, index, key)
+        label = f"{table} #{index + 1}" + (f" {name!r}" if isinstance(name, str) else "")
+        fld = f" field '{key}'" if key else ""
+        return RuleError(f"{self.path}:{line}: {label}{fld}: {what}")
+
+
+def parse_duration_ms(value: object) -> int:
+    """A duration: a number of seconds, or a string like ``'90s'``, ``'5m'``, ``'250ms'``.
+
+    >>> parse_duration_ms(90), parse_duration_ms("5m"), parse_duration_ms("250ms")
+    (90000, 300000, 250)
+    """
+    if isinstance(value, bool):
+        msg = f"expected a duration (seconds or '5m'), got {value!r}"
+        raise ValueError(msg)
+    if isinstance(value, int | float):
+        if value < 0:
+            msg = f"expected a non-negative duration, got {value!r}"
+            raise ValueError(msg)
+        return round(value * 1000)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return round(float(m.group(1)) * _UNIT_MS[m.group(2)])
+    msg = f"expected a duration (seconds or '5m'), got {value!r}"
+    raise ValueError(msg)
+
+
+def _ts_ms(value: object) -> int:
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            msg = f"expected an offset date-time (e.g. 2026-01-01T00:00:00Z), got local {value.isoformat()}"
+            raise ValueError(msg)
+        return int(value.timestamp() * 1000)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value  # epoch milliseconds
+    msg = f"expected an offset date-time or epoch ms, got {value!r}"
+    raise ValueError(msg)
+
+
+def load_rules(
+    path: Path | str | None = None, *, text: str | None = None, score_available: bool = False
+) -> RuleSet:
+    """Load and validate a rule file (the packaged defaults when ``path`` and ``text`` are None).
+
+    Args:
+        path: TOML file.
+        text: the file's content, when already read (``path`` is then only used in messages).
+        score_available: whether aggregates carry an anomaly ``score``; when False, anomaly rules
+            load with a warning (they never fire until a model is wired).
 
     Raises:
-        RuleError: naming the file, the rule and the field that is wrong.
+        RuleError: naming the file, the line, the rule and the field that is wrong.
     """
-    if path is None:
-        text = resources.files("alerting").joinpath("default_rules.toml").read_text()
-        where = "alerting/default_rules.toml"
-    else:
-        where = str(path)
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            msg = f"rules file {where}: cannot read: {exc.strerror}"
-            raise RuleError(msg) from exc
+    if text is None:
+        if path is None:
+            text = resources.files("alerting").joinpath("default_rules.toml").read_text()
+        else:
+            try:
+                text = Path(path).read_text()
+            except OSError as exc:
+                msg = f"rules file {path}: cannot read: {exc.strerror}"
+                raise RuleError(msg) from exc
+    where = str(path) if path is not None else "alerting/default_rules.toml"
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         msg = f"rules file {where}: invalid TOML: {exc}"
         raise RuleError(msg) from exc
-    entries = doc.get("rule", [])
-    if not isinstance(entries, list):
-        msg = f"rules file {where}: expected [[rule]] tables"
-        raise RuleError(msg)
-    rules = []
-    names: set[str] = set()
-    for i, entry in enumerate(entries):
-        rules.append(_rule(entry, f"{where} rule #{i + 1}"))
-        if rules[-1].name in names:
-            msg = f"{where} rule #{i + 1}: duplicate name {rules[-1].name!r}"
-            raise RuleError(msg)
-        names.add(rules[-1].name)
-    return tuple(rules)
-
-
-def _rule(entry: dict[str, Any], where: str) -> ThresholdRule:
-    known = {"name", "kind", "metric", "op", "level", "field", "severity"}
-    unknown = sorted(set(entry) - known)
+    w = _Where(where, text)
+    unknown = sorted(set(doc) - {"engine", "rule", "zone_rule", "maintenance"})
     if unknown:
-        msg = f"{where}: unknown field(s) {unknown}"
+        msg = (
+            f"{where}: unknown top-level table(s) {unknown}; "
+            "expected [engine], [[rule]], [[zone_rule]], [[maintenance]]"
+        )
         raise RuleError(msg)
-    for req in ("name", "kind", "metric", "op", "level"):
-        if req not in entry:
-            msg = f"{where}: missing field '{req}'"
+    for name in ("rule", "zone_rule", "maintenance"):
+        if name in doc and not (isinstance(doc[name], list) and all(isinstance(x, dict) for x in doc[name])):
+            msg = f"{where}:{w.table_line(name, 0)}: expected [[{name}]] tables"
             raise RuleError(msg)
-    if entry["op"] not in get_args(Op):
-        msg = f"{where} field 'op': expected one of {list(get_args(Op))}, got {entry['op']!r}"
+    config = _engine(doc.get("engine", {}), w)
+    rules: list[Rule] = []
+    warnings: list[str] = []
+    for i, entry in enumerate(doc.get("rule", [])):
+        rule = _rule(entry, i, w)
+        if any(r.name == rule.name for r in rules):
+            raise w.error("rule", i, rule.name, "name", f"duplicate name {rule.name!r}")
+        rules.append(rule)
+        if rule.type == "anomaly" and not score_available:
+            warnings.append(
+                f"{where}:{rule.line}: rule {rule.name!r}: aggregates carry no 'score' until an anomaly model "
+                "is wired; the rule never fires without one"
+            )
+    zone_rules: list[ZoneRule] = []
+    for i, entry in enumerate(doc.get("zone_rule", [])):
+        zr = _zone_rule(entry, i, w)
+        if zr.name in {r.name for r in rules} | {z.name for z in zone_rules} | {"rate_limit"}:
+            raise w.error("zone_rule", i, zr.name, "name", f"duplicate name {zr.name!r}")
+        member = next((r for r in rules if r.name == zr.members), None)
+        if member is None:
+            raise w.error("zone_rule", i, zr.name, "members", f"expected the name of a [[rule]], got {zr.members!r}")
+        if member.type == "silence":
+            raise w.error("zone_rule", i, zr.name, "members", "silence rules cannot be zone members")
+        zone_rules.append(zr)
+    maintenance = tuple(_maintenance(entry, i, w) for i, entry in enumerate(doc.get("maintenance", [])))
+    if any(r.name == "rate_limit" for r in rules):
+        i = next(i for i, r in enumerate(rules) if r.name == "rate_limit")
+        raise w.error("rule", i, "rate_limit", "name", "'rate_limit' is reserved for summary alerts")
+    for msg in warnings:
+        logger.warning("rule warning %s", msg)
+    return RuleSet(tuple(rules), tuple(zone_rules), maintenance, config, where, tuple(warnings))
+
+
+def _check_keys(entry: dict[str, Any], known: set[str], table: str, i: int, w: _Where) -> None:
+    for key in entry:
+        if key not in known:
+            raise w.error(table, i, entry.get("name"), key, f"unknown field; expected one of {sorted(known)}")
+
+
+def _num(entry: dict[str, Any], key: str, table: str, i: int, w: _Where) -> float:
+    v = entry[key]
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise w.error(table, i, entry.get("name"), key, f"expected a number, got {v!r}")
+    return float(v)
+
+
+def _int(entry: dict[str, Any], key: str, default: int, table: str, i: int, w: _Where, lo: int = 1) -> int:
+    v = entry.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise w.error(table, i, entry.get("name"), key, f"expected an integer >= {lo}, got {v!r}")
+    return v
+
+
+def _dur(entry: dict[str, Any], key: str, table: str, i: int, w: _Where) -> int | None:
+    if key not in entry:
+        return None
+    try:
+        return parse_duration_ms(entry[key])
+    except ValueError as exc:
+        raise w.error(table, i, entry.get("name"), key, str(exc)) from None
+
+
+def _choice(
+    entry: dict[str, Any], key: str, default: Any, options: tuple[str, ...], table: str, i: int, w: _Where
+) -> Any:
+    v = entry.get(key, default)
+    if v not in options:
+        raise w.error(table, i, entry.get("name"), key, f"expected one of {list(options)}, got {v!r}")
+    return v
+
+
+def _names(entry: dict[str, Any], key: str, table: str, i: int, w: _Where) -> frozenset[str] | None:
+    if key not in entry:
+        return None
+    v = entry[key]
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or not v or not all(isinstance(x, str) and x for x in v):
+        raise w.error(table, i, entry.get("name"), key, f"expected a non-empty list of names, got {v!r}")
+    return frozenset(v)
+
+
+def _engine(entry: Any, w: _Where) -> EngineConfig:
+    if not isinstance(entry, dict):
+        msg = f"{w.path}: expected an [engine] table"
         raise RuleError(msg)
-    severity = entry.get("severity", "warning")
-    if severity not in get_args(Severity):
-        msg = f"{where} field 'severity': expected one of {list(get_args(Severity))}, got {severity!r}"
-        raise RuleError(msg)
-    field = entry.get("field", "mean")
-    if field not in _FIELDS:
-        msg = f"{where} field 'field': expected one of {sorted(_FIELDS)}, got {field!r}"
-        raise RuleError(msg)
-    level = entry["level"]
-    if isinstance(level, bool) or not isinstance(level, int | float):
-        msg = f"{where} field 'level': expected a number, got {level!r}"
-        raise RuleError(msg)
-    return ThresholdRule(
-        str(entry["name"]), str(entry["kind"]), str(entry["metric"]), entry["op"], float(level), field, severity
+
+    def err(key: str, what: str) -> RuleError:
+        pat = re.compile(rf"^\s*{key}\s*=")
+        line = next((n for n, t in enumerate(w.lines, 1) if pat.match(t)), 0)
+        return RuleError(f"{w.path}:{line}: engine field '{key}': {what}")
+
+    for key in entry:
+        if key not in _ENGINE_KEYS:
+            raise err(key, f"unknown field; expected one of {sorted(_ENGINE_KEYS)}")
+    kw: dict[str, int] = {}
+    for key, attr in (("cooldown", "cooldown_ms"), ("rate_window", "rate_window_ms"),
+                      ("escalate_after", "escalate_after_ms")):
+        if key in entry:
+            try:
+                kw[attr] = parse_duration_ms(entry[key])
+            except ValueError as exc:
+                raise err(key, str(exc)) from None
+    for key in ("series_points", "zone_rate_limit", "global_rate_limit", "evidence_values"):
+        if key in entry:
+            v = entry[key]
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise err(key, f"expected an integer >= 1, got {v!r}")
+            kw[key] = v
+    if kw.get("rate_window_ms", 1) <= 0:
+        raise err("rate_window", "expected a positive duration")
+    return EngineConfig(**kw)
+
+
+def _rule(entry: dict[str, Any], i: int, w: _Where) -> Rule:  # noqa: C901 - one validator per field
+    t = "rule"
+    _check_keys(entry, _RULE_KEYS, t, i, w)
+    name = entry.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise w.error(t, i, None, "name", f"expected a name matching {_NAME.pattern}, got {name!r}")
+    rtype = _choice(entry, "type", "threshold", get_args(RuleType), t, i, w)
+    kind = entry.get("kind")
+    if kind is not None and kind not in KINDS:
+        raise w.error(t, i, name, "kind", f"expected one of {sorted(KINDS)}, got {kind!r}")
+    metric = entry.get("metric")
+    if rtype != "silence" and not isinstance(metric, str):
+        raise w.error(t, i, name, "metric", f"missing or not a string (required for type {rtype!r})")
+    field_ = _choice(entry, "field", "mean", tuple(sorted(_FIELDS)), t, i, w)
+    op = _choice(entry, "op", ">", get_args(Op), t, i, w)
+    severity = _choice(entry, "severity", "warning", SEVERITIES, t, i, w)
+    default_cat = "maintenance" if rtype in MAINTENANCE_TYPES else "incident"
+    category = _choice(entry, "category", default_cat, ("incident", "maintenance"), t, i, w)
+    kw: dict[str, Any] = {}
+    if rtype in ("threshold", "rate_of_change", "anomaly"):
+        key = "raise" if "raise" in entry else "level"
+        if key not in entry:
+            raise w.error(t, i, name, "raise", f"missing (required for type {rtype!r}; 'level' is an alias)")
+        raise_level = _num(entry, key, t, i, w)
+        clear_level = _num(entry, "clear", t, i, w) if "clear" in entry else raise_level
+        upward = op in (">", ">=")
+        if (upward and clear_level > raise_level) or (not upward and clear_level < raise_level):
+            side = "<=" if upward else ">="
+            raise w.error(t, i, name, "clear", f"expected {side} raise level {raise_level:g} for op {op!r}, "
+                          f"got {clear_level:g}")
+        kw.update(raise_level=raise_level, clear_level=clear_level)
+    elif rtype == "jump":
+        if "max_step" not in entry:
+            raise w.error(t, i, name, "max_step", "missing (required for type 'jump')")
+        step = _num(entry, "max_step", t, i, w)
+        if step <= 0:
+            raise w.error(t, i, name, "max_step", f"expected a positive number, got {step:g}")
+        kw.update(raise_level=step, clear_level=step, op=">")
+    elif rtype == "out_of_range":
+        if "low" not in entry and "high" not in entry:
+            raise w.error(t, i, name, "low", "expected 'low' and/or 'high' for type 'out_of_range'")
+        low = _num(entry, "low", t, i, w) if "low" in entry else None
+        high = _num(entry, "high", t, i, w) if "high" in entry else None
+        if low is not None and high is not None and low >= high:
+            raise w.error(t, i, name, "high", f"expected > low {low:g}, got {high:g}")
+        kw.update(low=low, high=high)
+    elif rtype == "silence":
+        silent = _dur(entry, "silent_for", t, i, w)
+        if not silent:
+            raise w.error(t, i, name, "silent_for", "missing or zero (required for type 'silence')")
+        kw.update(silent_ms=silent)
+    for_windows = _int(entry, "stuck_windows" if rtype == "stuck" else "for_windows",
+                       3 if rtype == "stuck" else 1, t, i, w)
+    window = _choice(entry, "window", "tumbling", ("tumbling", "hopping"), t, i, w)
+    size = _dur(entry, "window_size", t, i, w)
+    rule = Rule(
+        name=name,
+        type=rtype,
+        kind=kind,
+        metric=metric if isinstance(metric, str) else None,
+        field=field_,
+        severity=severity,
+        category=category,
+        for_windows=for_windows,
+        for_ms=_dur(entry, "for", t, i, w) or 0,
+        clear_windows=_int(entry, "clear_windows", 1, t, i, w),
+        escalate_after_ms=_dur(entry, "escalate_after", t, i, w),
+        zones=_names(entry, "zones", t, i, w),
+        sensors=_names(entry, "sensors", t, i, w),
+        window=window,
+        window_size_ms=size,
+        line=w.table_line(t, i),
+        **{"op": op, **kw},
     )
+    return rule
+
+
+def _zone_rule(entry: dict[str, Any], i: int, w: _Where) -> ZoneRule:
+    t = "zone_rule"
+    _check_keys(entry, _ZONE_KEYS, t, i, w)
+    name = entry.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise w.error(t, i, None, "name", f"expected a name matching {_NAME.pattern}, got {name!r}")
+    members = entry.get("members")
+    if not isinstance(members, str):
+        raise w.error(t, i, name, "members", f"expected the name of a [[rule]], got {members!r}")
+    if "k" not in entry:
+        raise w.error(t, i, name, "k", "missing (number of sensors in alarm that make a zone incident)")
+    k = _int(entry, "k", 2, t, i, w, lo=1)
+    within = _dur(entry, "within", t, i, w)
+    if not within:
+        raise w.error(t, i, name, "within", "missing or zero (the time window T of k-of-n)")
+    clear_below = _int(entry, "clear_below", 1, t, i, w)
+    if clear_below > k:
+        raise w.error(t, i, name, "clear_below", f"expected <= k ({k}), got {clear_below}")
+    return ZoneRule(
+        name=name,
+        members=members,
+        k=k,
+        within_ms=within,
+        clear_below=clear_below,
+        severity=_choice(entry, "severity", "critical", SEVERITIES, t, i, w),
+        fold=_choice(entry, "fold", "always", get_args(Fold), t, i, w),
+        escalate_after_ms=_dur(entry, "escalate_after", t, i, w),
+        zones=_names(entry, "zones", t, i, w),
+        line=w.table_line(t, i),
+    )
+
+
+def _maintenance(entry: dict[str, Any], i: int, w: _Where) -> Maintenance:
+    t = "maintenance"
+    _check_keys(entry, _MAINT_KEYS, t, i, w)
+    sid, zone = entry.get("sensor_id"), entry.get("zone")
+    if (sid is None) == (zone is None):
+        raise w.error(t, i, None, "sensor_id", "expected exactly one of 'sensor_id' or 'zone'")
+    for key, v in (("sensor_id", sid), ("zone", zone)):
+        if v is not None and not isinstance(v, str):
+            raise w.error(t, i, None, key, f"expected a string, got {v!r}")
+    bounds = []
+    for key in ("start", "end"):
+        if key not in entry:
+            raise w.error(t, i, None, key, "missing")
+        try:
+            bounds.append(_ts_ms(entry[key]))
+        except ValueError as exc:
+            raise w.error(t, i, None, key, str(exc)) from None
+    if bounds[1] <= bounds[0]:
+        raise w.error(t, i, None, "end", "expected a time after 'start'")
+    reason = entry.get("reason", "")
+    if not isinstance(reason, str):
+        raise w.error(t, i, None, "reason", f"expected a string, got {reason!r}")
+    return Maintenance(bounds[0], bounds[1], sid, zone, _names(entry, "rules", t, i, w), reason)
+
+
+__all__ = [
+    "EngineConfig",
+    "Maintenance",
+    "Rule",
+    "RuleSet",
+    "ThresholdRule",
+    "ZoneRule",
+    "alert_id",
+    "evaluate",
+    "load_rules",
+    "parse_duration_ms",
+]

@@ -20,6 +20,7 @@ from connectors.buffer import BufferedSink, BufferFull, open_spool
 from connectors.influx import open_sink
 from connectors.lineprotocol import Point, aggregate_point, alert_point, zone_point
 from streams.alert_agents import attach_alerting
+from streams.api import register_api, register_retention
 from streams.deadletter import dead_letter
 from streams.engine import WindowDef, WindowSpec
 from streams.errors import InvalidReading, SinkError
@@ -53,11 +54,24 @@ _BUFFER_STATS = (*_BUFFER_TOTALS, "buffered_memory_points", "spool_batches", "sp
 def _buffer_full_alert(detail: str, now_ms: int) -> dict[str, Any]:
     """The maintenance alert raised when the time-series buffer is exhausted (consumption pauses)."""
     return {
-        "v": 1, "alert_id": f"a-sink-buffer-full-{now_ms}", "seq": 0, "rule": "sink_buffer_full",
-        "category": "maintenance", "severity": "critical", "state": "raised", "subject_type": "sink",
-        "sensor_id": None, "zone": "", "kind": None, "metric": None, "value": 1.0, "threshold": 0.0,
+        "v": 1,
+        "alert_id": f"a-sink-buffer-full-{now_ms}",
+        "seq": 0,
+        "rule": "sink_buffer_full",
+        "category": "maintenance",
+        "severity": "critical",
+        "state": "raised",
+        "subject_type": "sink",
+        "sensor_id": None,
+        "zone": "",
+        "kind": None,
+        "metric": None,
+        "value": 1.0,
+        "threshold": 0.0,
         "message": f"time-series store unreachable and outage buffer full; consumption paused: {detail}",
-        "raised_ts_ms": now_ms, "ts_ms": now_ms, "latency_ms": 0,
+        "raised_ts_ms": now_ms,
+        "ts_ms": now_ms,
+        "latency_ms": 0,
     }
 
 
@@ -74,7 +88,8 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
     zone_partials = app.topic(k.zone_partials_topic, partitions=k.partitions, **raw)
     zone_aggregates = app.topic(k.zone_aggregates_topic, partitions=k.partitions, **raw)
     zone_table = app.Table(
-        "zones", partitions=k.partitions,
+        "zones",
+        partitions=k.partitions,
         schema=faust.Schema(key_serializer="json", value_serializer="json"),
         help="Open zone roll-up windows (partials per source partition) and source watermarks.",
     )
@@ -87,7 +102,10 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
     )
     pipeline = Pipeline(
         WindowSpec(
-            w.size_ms, w.allowed_lateness_ms, w.grace_ms, w.idle_timeout_ms,
+            w.size_ms,
+            w.allowed_lateness_ms,
+            w.grace_ms,
+            w.idle_timeout_ms,
             tuple(WindowDef.parse(x) for x in w.extra.split(",") if x.strip()),
             early_updates=w.early_updates,
         ),
@@ -98,6 +116,8 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
     )
     app.urbansense_pipeline = pipeline  # type: ignore[attr-defined]
     attach_alerting(app, settings, counters=pipeline.counters)
+    register_api(app, settings)
+    register_retention(app, settings)
     sink_stats = {"points_written": 0, "write_failures": 0, "buffer_full": 0}
     buffered: list[BufferedSink] = []  # the timeseries agent's writer, for the flush timer and stats page
 
@@ -172,7 +192,7 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
     def rollup(partition: int) -> ZoneRollup:
         zr = rollups.get(partition)
         if zr is None:
-            zr = rollups[partition] = ZoneRollup(k.partitions, w.grace_ms)
+            zr = rollups[partition] = ZoneRollup(k.partitions, w.grace_ms, w.idle_timeout_ms)
             for key, value in list(zone_table.data.items()):
                 if isinstance(value, dict) and value.get("p") == partition:
                     if key.startswith("__marks__"):
@@ -180,6 +200,29 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
                     else:
                         zr.restore_window(value)
         return zr
+
+    async def flush_zone(p: int, keys: set[Any]) -> None:
+        """Close what the zone rollup of partition ``p`` can close; persist changed windows and marks."""
+        zr = rollups[p]
+        zr.tick(wall_ms())
+        done, closed_keys = zr.close()
+        for agg in done:
+            await zone_aggregates.send(
+                key=agg["zone"].encode(), value=orjson.dumps(agg), timestamp=_ts(agg["start_ms"])
+            )
+        for key in keys | set(closed_keys):
+            name = "|".join(map(str, key))
+            doc = zr.window_state(key)
+            if doc is None:
+                zone_table.data.pop(name, None)
+                zone_table.send_changelog(p, name, None, value_serializer="raw")
+            else:
+                doc["p"] = p
+                zone_table.data[name] = doc
+                zone_table.send_changelog(p, name, doc)
+        marks = {"p": p, "marks": {str(s): m for s, m in zr.marks.items()}}
+        zone_table.data[f"__marks__:{p}"] = marks
+        zone_table.send_changelog(p, f"__marks__:{p}", marks)
 
     @app.agent(zone_partials, name="urbansense.zones")
     async def zones(stream: faust.StreamT) -> AsyncIterator[None]:
@@ -194,25 +237,7 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
                 if key is not None:
                     touched[p].add(key)
             for p, keys in touched.items():
-                zr = rollups[p]
-                done, closed_keys = zr.close()
-                for agg in done:
-                    await zone_aggregates.send(
-                        key=agg["zone"].encode(), value=orjson.dumps(agg), timestamp=_ts(agg["start_ms"])
-                    )
-                for key in keys | set(closed_keys):
-                    name = "|".join(map(str, key))
-                    doc = zr.window_state(key)
-                    if doc is None:
-                        zone_table.data.pop(name, None)
-                        zone_table.send_changelog(p, name, None, value_serializer="raw")
-                    else:
-                        doc["p"] = p
-                        zone_table.data[name] = doc
-                        zone_table.send_changelog(p, name, doc)
-                marks = {"p": p, "marks": {str(s): m for s, m in zr.marks.items()}}
-                zone_table.data[f"__marks__:{p}"] = marks
-                zone_table.send_changelog(p, f"__marks__:{p}", marks)
+                await flush_zone(p, keys)
             yield None
 
     sink_topics = app.topic(k.aggregates_topic, k.alerts_topic, k.zone_aggregates_topic, **raw)
@@ -298,6 +323,9 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
             if tp.topic == k.readings_topic and tp.partition not in pipeline.partitions:
                 pipeline.partition(tp.partition, table.data.items())
         await emit(pipeline.tick(wall_ms()))
+        for p, zr in list(rollups.items()):
+            if zr.partials and len(zr.marks) < zr.sources:  # waiting on sources that never reported
+                await flush_zone(p, set())
 
     @app.page("/urbansense/stats/")
     async def stats(web_: Any, request: Any) -> Any:
@@ -312,6 +340,8 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
             "alerts": c.alerts,
             "open_windows": sum(pw.open_windows for pw in pipeline.partitions.values()),
             "watermarks_ms": {str(p): pw.watermark_ms for p, pw in pipeline.partitions.items()},
+            "zone_windows_open": sum(len(zr.partials) for zr in rollups.values()),
+            "zone_source_watermarks_ms": {str(p): zr.marks for p, zr in rollups.items()},
             **{
                 f: sink_stats.get(f, 0) + sum(b.stats.get(f, 0) for b in buffered)
                 for f in {*sink_stats, *_BUFFER_STATS}

@@ -10,7 +10,6 @@ import logging
 import signal
 import sys
 import threading
-import time
 
 import click
 import faust
@@ -42,23 +41,17 @@ def _stop_event() -> threading.Event:
 def source_topics(settings: Settings) -> dict[str, int]:
     """Topics the worker reads or writes, with the partition count the tables expect."""
     k = settings.kafka
-    names = [k.readings_topic, k.aggregates_topic, k.alerts_topic, k.dlq_topic, k.late_topic,
-             k.zone_partials_topic, k.zone_aggregates_topic]
+    names = [
+        k.readings_topic,
+        k.aggregates_topic,
+        k.alerts_topic,
+        k.dlq_topic,
+        k.late_topic,
+        k.zone_partials_topic,
+        k.zone_aggregates_topic,
+    ]
     names += [t.strip() for t in k.extra_source_topics.split(",") if t.strip()]
     return dict.fromkeys(names, k.partitions)
-
-
-def _instant(text: str, now_ms: int) -> int:
-    """'now', a duration back from now ('1h'), or an RFC 3339 UTC timestamp, as epoch ms."""
-    from connectors.history import parse_duration
-    from streams.schema import parse_ts
-
-    text = text.strip()
-    if text == "now":
-        return now_ms
-    if text[:1].isdigit() and "T" not in text:
-        return now_ms - parse_duration(text)
-    return parse_ts(text, "time")
 
 
 def register_commands(app: faust.App, settings: Settings) -> None:
@@ -86,29 +79,62 @@ def register_commands(app: faust.App, settings: Settings) -> None:
 
     @app.command(
         option("--transport", type=click.Choice(["mqtt", "kafka", "file"]), default="mqtt", show_default=True),
-        option("--sensors", type=int, default=None,
-               help="Number of sensors (default 200; with --scenario: scale its counts)."),
+        option(
+            "--sensors",
+            type=int,
+            default=None,
+            help="Number of sensors (default 200; with --scenario: scale its counts).",
+        ),
         option("--interval", default=None, help="Event-time step (default 10s, or the scenario's)."),
         option("--duration", default=None, help="Simulated span (default 1h, or the scenario's)."),
-        option("--start", default=None,
-               help="Simulated start: RFC 3339 UTC or relative (-1h); default -1h or the scenario's."),
-        option("--speed", type=float, default=0.0, show_default=True,
-               help="N times real time (0: as fast as possible)."),
-        option("--malformed-every", type=int, default=0, show_default=True,
-               help="Mix in one malformed message every N readings (0: none)."),
+        option(
+            "--start",
+            default=None,
+            help="Simulated start: RFC 3339 UTC or relative (-1h); default -1h or the scenario's.",
+        ),
+        option(
+            "--speed", type=float, default=0.0, show_default=True, help="N times real time (0: as fast as possible)."
+        ),
+        option(
+            "--malformed-every",
+            type=int,
+            default=0,
+            show_default=True,
+            help="Mix in one malformed message every N readings (0: none).",
+        ),
         option("--seed", type=int, default=None, help="Noise seed (default 7, or the scenario's)."),
         option("--out", default="var/simulated.jsonl", show_default=True, help="File for --transport file."),
         option("--scenario", default=None, help="Scenario TOML file or shipped name (e.g. default)."),
-        option("--truth", "truth_out", default=None,
-               help="Ground-truth JSON-lines file (file transport default: <out>.truth.jsonl)."),
-        option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default=None,
-               help="File transport format (default: by --out suffix)."),
+        option(
+            "--truth",
+            "truth_out",
+            default=None,
+            help="Ground-truth JSON-lines file (file transport default: <out>.truth.jsonl).",
+        ),
+        option(
+            "--format",
+            "fmt",
+            type=click.Choice(["jsonl", "csv"]),
+            default=None,
+            help="File transport format (default: by --out suffix).",
+        ),
         option("--progress/--no-progress", default=None, help="Progress line on stderr (default: on a terminal)."),
     )
     async def simulate(
-        self: object, transport: str, sensors: int | None, interval: str | None, duration: str | None,
-        start: str | None, speed: float, malformed_every: int, seed: int | None, out: str,
-        scenario: str | None, truth_out: str | None, fmt: str | None, progress: bool | None,
+        self: object,
+        transport: str,
+        sensors: int | None,
+        interval: str | None,
+        duration: str | None,
+        start: str | None,
+        speed: float,
+        malformed_every: int,
+        seed: int | None,
+        out: str,
+        scenario: str | None,
+        truth_out: str | None,
+        fmt: str | None,
+        progress: bool | None,
     ) -> None:
         """Simulate city feeds (traffic, environment, crowd, IoT) and publish them."""
         from simulators.run import run_simulation
@@ -117,9 +143,21 @@ def register_commands(app: faust.App, settings: Settings) -> None:
         stop = _stop_event()
         try:
             n = run_simulation(
-                settings, transport=transport, sensors=sensors, interval=interval, duration=duration, start=start,
-                speed=speed, malformed_every=malformed_every, seed=seed, out=out, stop=stop, scenario=scenario,
-                truth_out=truth_out, fmt=fmt, progress=progress,
+                settings,
+                transport=transport,
+                sensors=sensors,
+                interval=interval,
+                duration=duration,
+                start=start,
+                speed=speed,
+                malformed_every=malformed_every,
+                seed=seed,
+                out=out,
+                stop=stop,
+                scenario=scenario,
+                truth_out=truth_out,
+                fmt=fmt,
+                progress=progress,
             )
         except (UrbanSensingError, ValueError) as exc:
             click.echo(f"urbansense simulate: {exc}", err=True)
@@ -129,12 +167,18 @@ def register_commands(app: faust.App, settings: Settings) -> None:
     @app.command(
         faust.cli.argument("file"),
         option("--transport", type=click.Choice(["mqtt", "kafka"]), default="kafka", show_default=True),
-        option("--speed", type=float, default=1.0, show_default=True,
-               help="Time scale: 1 original pace, 1000 = 1000x, 0 = as fast as possible."),
+        option(
+            "--speed",
+            type=float,
+            default=1.0,
+            show_default=True,
+            help="Time scale: 1 original pace, 1000 = 1000x, 0 = as fast as possible.",
+        ),
         option("--format", "fmt", type=click.Choice(["auto", "jsonl", "csv"]), default="auto", show_default=True),
         option("--sensor", default=None, help="CSV: sensor id (default nab-<file stem>)."),
-        option("--kind", type=click.Choice(["traffic", "environment", "crowd", "iot"]), default="iot",
-               show_default=True),
+        option(
+            "--kind", type=click.Choice(["traffic", "environment", "crowd", "iot"]), default="iot", show_default=True
+        ),
         option("--zone", default="futian", show_default=True),
         option("--metric", default="value", show_default=True),
         option("--unit", default="", show_default=True),
@@ -144,8 +188,20 @@ def register_commands(app: faust.App, settings: Settings) -> None:
         option("--limit", type=int, default=None, help="Replay at most this many messages."),
     )
     async def replay(
-        self: object, file: str, transport: str, speed: float, fmt: str, sensor: str | None, kind: str, zone: str,
-        metric: str, unit: str, time_column: str, value_column: str, start: str | None, limit: int | None,
+        self: object,
+        file: str,
+        transport: str,
+        speed: float,
+        fmt: str,
+        sensor: str | None,
+        kind: str,
+        zone: str,
+        metric: str,
+        unit: str,
+        time_column: str,
+        value_column: str,
+        start: str | None,
+        limit: int | None,
     ) -> None:
         """Replay a recorded feed (our JSON lines, or CSV such as NAB) with its timing scaled."""
         from simulators.run import run_replay
@@ -153,9 +209,21 @@ def register_commands(app: faust.App, settings: Settings) -> None:
         _configure_logging(settings.log_level)
         try:
             n = run_replay(
-                settings, file=file, transport=transport, speed=speed, fmt=fmt, sensor=sensor, kind=kind, zone=zone,
-                metric=metric, unit=unit, time_column=time_column, value_column=value_column, start=start,
-                limit=limit, stop=_stop_event(),
+                settings,
+                file=file,
+                transport=transport,
+                speed=speed,
+                fmt=fmt,
+                sensor=sensor,
+                kind=kind,
+                zone=zone,
+                metric=metric,
+                unit=unit,
+                time_column=time_column,
+                value_column=value_column,
+                start=start,
+                limit=limit,
+                stop=_stop_event(),
             )
         except (UrbanSensingError, ValueError) as exc:
             click.echo(f"urbansense replay: {exc}", err=True)
@@ -174,45 +242,106 @@ def register_commands(app: faust.App, settings: Settings) -> None:
         run_demo(settings, duration_s=duration, sensors=sensors)
 
     @app.command(
-        option("--sensor", required=True, help="Sensor id."),
-        option("--metric", required=True, help="Metric name, e.g. pm25."),
-        option(
-            "--since",
-            default="1h",
-            show_default=True,
-            help="Start: a duration back from now (30m, 1h, 7d) or an RFC 3339 UTC time.",
-        ),
-        option(
-            "--until",
-            default="now",
-            show_default=True,
-            help="End: 'now', a duration back from now, or an RFC 3339 UTC time.",
-        ),
+        option("--sensor", default=None, help="Sensor id."),
+        option("--zone", default=None, help="Zone id (e.g. futian)."),
+        option("--kind", type=click.Choice(["traffic", "environment", "crowd", "iot"]), default=None),
+        option("--metric", default=None, help="Metric name, e.g. pm25 (required except with --alerts)."),
+        option("--since", default="1h", show_default=True, help="30m, -2h, now-7d, today, or ISO 8601."),
+        option("--until", default="now", show_default=True),
+        option("--tz", default="UTC", show_default=True, help="IANA zone for times without offset and for output."),
         option("--every", default=None, help="Downsample into buckets of this size (e.g. 5m)."),
-        option("--agg", type=click.Choice(["mean", "min", "max", "sum", "count"]), default="mean", show_default=True),
-        option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True),
+        option(
+            "--agg",
+            type=click.Choice(["mean", "min", "max", "sum", "count", "p50", "p90", "p95", "p99"]),
+            default="mean",
+            show_default=True,
+        ),
+        option("--field", default="mean", show_default=True, help="Aggregate field of the windows to read."),
+        option("--group-by", type=click.Choice(["sensor_id", "zone", "kind"]), default=None),
+        option("--source", type=click.Choice(["window", "1h", "1d"]), default="window", show_default=True),
+        option("--window-size", default=None, help="Window size to read (default: the tumbling one)."),
+        option("--top", type=int, default=None, help="Top-N zones by --metric."),
+        option("--alerts", is_flag=True, default=False, help="Alerts in the period, with evidence."),
+        option("--severity", default=None),
+        option("--rule", default=None),
+        option("--state", default=None),
+        option("--evidence", default="10m", show_default=True, help="Series around each alert."),
+        option("--limit", type=int, default=None),
+        option(
+            "--format", "fmt", type=click.Choice(["table", "csv", "json", "ndjson"]), default="table", show_default=True
+        ),
     )
     async def history(
-        self: object, sensor: str, metric: str, since: str, until: str, every: str | None, agg: str, fmt: str
+        self: object,
+        sensor: str | None,
+        zone: str | None,
+        kind: str | None,
+        metric: str | None,
+        since: str,
+        until: str,
+        tz: str,
+        every: str | None,
+        agg: str,
+        field: str,
+        group_by: str | None,
+        source: str,
+        window_size: str | None,
+        top: int | None,
+        alerts: bool,
+        severity: str | None,
+        rule: str | None,
+        state: str | None,
+        evidence: str,
+        limit: int | None,
+        fmt: str,
     ) -> None:
-        """Read a sensor's window aggregates back from the configured store."""
-        from connectors.history import HistoryQuery, format_rows, parse_duration, query_history
+        """Query the history of sensors, zones and alerts from the configured store."""
+        from connectors.history import run_history_cli
 
-        now = time.time_ns() // 1_000_000
+        opts = dict(
+            sensor=sensor,
+            zone=zone,
+            kind=kind,
+            metric=metric,
+            since=since,
+            until=until,
+            tz=tz,
+            every=every,
+            agg=agg,
+            field=field,
+            group_by=group_by,
+            source=source,
+            window_size=window_size,
+            limit=limit,
+        )
+        if alerts:
+            keep = ("sensor", "zone", "kind", "metric", "since", "until", "tz", "limit")
+            opts = {k: opts[k] for k in keep} | dict(severity=severity, rule=rule, state=state, evidence=evidence)
+        elif top is not None:
+            opts = {k: opts[k] for k in ("metric", "kind", "since", "until", "tz", "agg", "field", "window_size")}
         try:
-            q = HistoryQuery(
-                sensor_id=sensor,
-                metric=metric,
-                since_ms=_instant(since, now),
-                until_ms=_instant(until, now),
-                every_ms=parse_duration(every) if every else None,
-                agg=agg,  # type: ignore[arg-type]
-            )
-            rows = query_history(settings, q)
+            code = run_history_cli(settings, top=top, alerts=alerts, fmt=fmt, **opts)
         except (UrbanSensingError, ValueError) as exc:
             click.echo(f"urbansense history: {exc}", err=True)
             raise SystemExit(2) from None
-        click.echo(format_rows(rows, fmt))  # type: ignore[arg-type]
+        if code:
+            raise SystemExit(code)
+
+    @app.command(
+        option("--sensor", required=True),
+        option("--metric", required=True),
+        option("--since", default="7d", show_default=True),
+        option("--until", default="now", show_default=True),
+        option("--tz", default="UTC", show_default=True),
+        option("--out", required=True, help="PNG file to write."),
+    )
+    async def plot(self: object, sensor: str, metric: str, since: str, until: str, tz: str, out: str) -> None:
+        """Draw a sensor's windows (mean with min/max band), anomaly scores and alerts to a PNG."""
+        from streams.plot import run_plot_cli
+
+        code = run_plot_cli(settings, sensor=sensor, metric=metric, since=since, until=until, tz=tz, out=out)
+        if code:
+            raise SystemExit(code)
 
 
 def register_model_commands(app: faust.App, settings: Settings) -> None:

@@ -234,20 +234,12 @@ class Pipeline:
         }
 
     def tick(self, now_ms: int) -> Output:
-        """Advance idle partitions' watermarks by the clock and close what that completes.
-
-        A partition that never received data tells the zone stage its watermark is the clock
-        (minus the allowed lateness) once it has been idle for the idle timeout.
-        """
+        """Advance idle partitions' watermarks by the clock and close what that completes."""
         out = Output()
         for p in sorted(self.partitions):
             pw = self.partitions[p]
             if pw.idle_advance(now_ms):
                 self._close(pw, out)
-            elif self.zones and pw.max_ts_ms == NO_WATERMARK:
-                born = self._born.setdefault(p, now_ms)
-                if now_ms - born >= self.spec.idle_timeout_ms:
-                    self.mark(pw, out, watermark_ms=now_ms - self.spec.allowed_lateness_ms)
         return out
 
     def mark(self, pw: PartitionWindows, out: Output, *, force: bool = False, watermark_ms: int | None = None) -> None:

@@ -117,9 +117,24 @@ class WindowSettings(_Section):
 
 
 class AlertingSettings(_Section):
-    """Alert rules."""
+    """Alert rules, sinks and the live board."""
 
     rules_file: Path | None = None
+    #: Bearer token operators enter on the board to acknowledge/clear (>= 16 characters). No
+    #: token: the board is read-only.
+    board_token: SecretStr | None = None
+    #: Extra origins allowed to post acknowledgements (comma separated), e.g. behind a TLS proxy.
+    board_allowed_origins: str = ""
+    #: Publish alerts to MQTT ``<topic_root>/alerts/<zone>/<severity>`` (retained while active).
+    mqtt_alerts: bool = False
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    cap_url: str | None = None
+    cap_secret: SecretStr | None = None
+    cap_sender: str = "urbansense"
+
+
+from connectors.retention import RetentionSettings  # noqa: E402 - a settings section kept with its code
 
 
 class Settings(BaseSettings):
@@ -144,6 +159,7 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     window: WindowSettings = WindowSettings()
     alerting: AlertingSettings = AlertingSettings()
+    retention: RetentionSettings = RetentionSettings()
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -74,16 +74,32 @@ class ZoneRollup:
 
     sources: int
     grace_ms: int = 0
+    #: A source partition that has sent nothing for this long (wall time) while others have is
+    #: treated as empty: zone windows close on the sources that did report.
+    idle_timeout_ms: int = 30_000
     partials: dict[PartialKey, dict[int, dict[str, Any]]] = field(default_factory=dict)
     marks: dict[int, int] = field(default_factory=dict)
     late: int = 0
+    _incomplete_since_ms: int | None = None
+    _now_ms: int | None = None
 
     @property
     def watermark_ms(self) -> int | None:
-        """The smallest source watermark, once every source has reported one."""
-        if len(self.marks) < self.sources:
+        """The smallest source watermark, once every source has reported one (or the silent ones
+        have been silent for the idle timeout)."""
+        if not self.marks:
             return None
+        if len(self.marks) < self.sources:
+            since, now = self._incomplete_since_ms, self._now_ms
+            if since is None or now is None or now - since < self.idle_timeout_ms:
+                return None
         return min(self.marks.values())
+
+    def tick(self, now_ms: int) -> None:
+        """Give the rollup the wall clock (only used to stop waiting for sources that never report)."""
+        self._now_ms = now_ms
+        if len(self.marks) < self.sources and self.marks and self._incomplete_since_ms is None:
+            self._incomplete_since_ms = now_ms
 
     def add(self, msg: dict[str, Any]) -> PartialKey | None:
         """Apply a partial or a marker; returns the key of a changed window (to persist)."""

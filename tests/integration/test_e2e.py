@@ -120,7 +120,7 @@ def test_mqtt_to_influx_equals_numpy_reference(
 
     # Zone roll-ups: merged across partitions from partial states, equal to numpy over the zone's readings.
     zgot = {(r["zone"], r["kind"], r["metric"], r["time"]): r for r in zone_rows}
-    assert set(zgot) == set(zone_groups)
+    assert set(zgot) == set(zone_groups), s
     for key, vals in zone_groups.items():
         arr, r = np.asarray(vals), zgot[key]
         assert r["count"] == len(arr) and r["min"] == arr.min() and r["max"] == arr.max(), key

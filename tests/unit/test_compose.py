@@ -173,3 +173,33 @@ def test_app_env_builds_valid_settings(
     assert s.influx.version == 2 and s.influx.token is not None
     if name == "worker":
         assert s.web_port == 6066
+
+
+# --- Grafana ------------------------------------------------------------------------------------
+
+
+def test_grafana_is_provisioned_from_the_repo(services: dict[str, Any]) -> None:
+    g = services["grafana"]
+    assert g["image"].startswith("grafana/grafana")
+    assert 3000 in published(g)
+    assert g["depends_on"]["influxdb"] == {"condition": "service_healthy"}
+    assert "api/health" in " ".join(g["healthcheck"]["test"][1:])
+    mounts = {m.split(":")[0]: m.split(":")[1] for m in g["volumes"] if m.startswith("./")}
+    assert mounts == {"./grafana/provisioning": "/etc/grafana/provisioning",
+                      "./grafana/dashboards": "/var/lib/grafana/dashboards"}  # fmt: skip
+    for host in mounts:
+        assert (ROOT / host).is_dir()
+    home = env_of(g)["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (ROOT / "grafana/dashboards" / Path(home).name).is_file()
+
+
+def test_grafana_datasource_uses_the_influx_token_and_org(services: dict[str, Any]) -> None:
+    ds_file = ROOT / "grafana/provisioning/datasources/influxdb.yml"
+    [ds] = yaml.safe_load(ds_file.read_text())["datasources"]
+    influx = services["influxdb"]["environment"]
+    assert ds["type"] == "influxdb" and ds["jsonData"]["version"] == "Flux"
+    assert ds["url"] == "http://influxdb:8086"
+    assert ds["jsonData"]["organization"] == influx["DOCKER_INFLUXDB_INIT_ORG"]
+    assert ds["jsonData"]["defaultBucket"] == influx["DOCKER_INFLUXDB_INIT_BUCKET"]
+    assert ds["secureJsonData"]["token"] == "$INFLUX_TOKEN"  # noqa: S105 - a reference, not a secret
+    assert env_of(services["grafana"])["INFLUX_TOKEN"] == influx["DOCKER_INFLUXDB_INIT_ADMIN_TOKEN"]

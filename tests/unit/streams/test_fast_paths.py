@@ -83,8 +83,12 @@ def test_mutations_same_outcome(path: tuple[str, ...], value: object) -> None:
     assert_same(orjson.dumps(doc))
 
 
-@given(st.dictionaries(st.sampled_from(["v", "sensor_id", "kind", "zone", "location", "ts", "metrics", "quality"]),
-                       st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.text(max_size=30)))
+INT64 = st.integers(-(2**63), 2**63 - 1)
+SCALARS = st.none() | st.booleans() | INT64 | st.floats(allow_nan=False) | st.text(max_size=30)
+FIELDS = st.sampled_from(["v", "sensor_id", "kind", "zone", "location", "ts", "metrics", "quality"])
+
+
+@given(st.dictionaries(FIELDS, SCALARS))
 @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 def test_overrides_same_outcome(overrides: dict[str, object]) -> None:
     assert_same(orjson.dumps({**BASE, **overrides}))

@@ -109,3 +109,17 @@ def test_zone_waits_for_every_source() -> None:
     zr = ZoneRollup(2)
     zr.add({"type": "marker", "src": 0, "watermark_ms": 10**9})
     assert zr.watermark_ms is None and zr.close() == ([], [])
+
+
+def test_sources_that_never_report_stop_blocking_after_the_idle_timeout() -> None:
+    zr = ZoneRollup(3, idle_timeout_ms=5_000)
+    p = {"type": "partial", "src": 0, "zone": "z", "kind": "iot", "metric": "m", "unit": "", "window": "tumbling:10",
+         "size_ms": 10, "hop_ms": 10, "start_ms": 0, "end_ms": 10, "sensors": 1,
+         "acc": [1, 5.0, 5.0, 0.0, 0.0, 5.0, 5.0, 1, 5.0, 1, 5.0], "sk": [2000, [0], [1]]}
+    zr.add(p)
+    zr.add({"type": "marker", "src": 0, "watermark_ms": 100})
+    zr.tick(1_000)
+    assert zr.close() == ([], [])  # sources 1 and 2 may still send partials
+    zr.tick(6_000)
+    [agg], _ = zr.close()
+    assert agg["count"] == 1

@@ -1,0 +1,802 @@
+"""The alert engine (pure): closed aggregates and commands in, alert transitions out.
+
+:class:`AlertEngine` keeps one :class:`Track` per (rule, subject) — a sensor, a zone, or a rate
+limit — and turns window aggregates into alert records with a lifecycle::
+
+    raised -> updated* -> escalated* -> acknowledged -> cleared      (or suppressed -> cleared)
+
+Every transition is a new record of the same ``alert_id`` with a larger ``seq``. The id is a hash
+of (rule, subject, event time the occurrence started), so redelivered or replayed aggregates
+yield the same ids, and an aggregate at or before a track's last window is ignored.
+
+Time is injected: :meth:`AlertEngine.process` and :meth:`AlertEngine.tick` take the host's
+``now_ms``. Alert event times come from the data (window ends); timer-driven checks (silence,
+escalation, rate-limit summaries) use the *event clock*: the newest window end seen, advanced by
+the host clock while no data arrives (so a replay does not look silent, and a stopped feed does).
+
+State is JSON-safe (:meth:`Track.to_doc`) so the host can keep it in a changelogged table
+(:meth:`AlertEngine.take_state`, :meth:`AlertEngine.restore`).
+
+>>> from alerting.rules import Rule, RuleSet
+>>> eng = AlertEngine(RuleSet((Rule("hot", "threshold", "iot", "t", raise_level=10, clear_level=5),)))
+>>> agg = {"sensor_id": "s1", "kind": "iot", "zone": "z", "metric": "t", "unit": "C", "window": "tumbling",
+...        "size_ms": 60000, "start_ms": 0, "end_ms": 60000, "first_ts_ms": 1000, "mean": 12.0}
+>>> [(a["state"], a["value"], a["latency_ms"]) for a in eng.process([agg], now_ms=60000)]
+[('raised', 12.0, 59000)]
+>>> eng.process([agg], now_ms=60000)  # redelivery: nothing new
+[]
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from alerting.rules import SEVERITIES, Rule, RuleSet, ZoneRule, alert_id, crosses
+
+logger = logging.getLogger(__name__)
+
+RATE_LIMIT_RULE: Final = "rate_limit"
+ACTIVE_STATES: Final = frozenset({"raised", "updated", "escalated", "acknowledged"})
+_EPS: Final = 1e-12
+
+
+@dataclass(slots=True)
+class Track:
+    """State of one (rule, subject): the condition's streak, the current occurrence's record."""
+
+    key: str
+    p: int
+    rule: str
+    subject_type: str
+    zone: str
+    sensor_id: str | None = None
+    kind: str | None = None
+    metric: str | None = None
+    unit: str = ""
+    last_end_ms: int = -1
+    prev: list[float] | None = None  # [value field, last, end_ms] of the previous window
+    streak: int = 0
+    streak_start_ms: int = 0
+    streak_end_ms: int = 0
+    streak_first_ts_ms: int = 0
+    streak_vals: list[list[float]] = field(default_factory=list)  # [start_ms, end_ms, value]
+    clear_streak: int = 0
+    active: bool = False
+    latched: bool = False
+    cleared_ms: int | None = None
+    alert: dict[str, Any] | None = None
+    emitted: bool = True
+    folded: bool = False
+    escalate_at_ms: int | None = None
+    last_seen_ms: int = -1
+    series: deque[list[float]] = field(default_factory=lambda: deque(maxlen=30))
+    #: zone incidents: sensor id -> [last alarm end_ms, active 0/1, first_ts_ms, start_ms, value]
+    members: dict[str, list[float]] = field(default_factory=dict)
+    seen: set[str] = field(default_factory=set)
+    suppressed: int = 0  # rate-limit summaries: alerts held back in this trip
+
+    def to_doc(self) -> dict[str, Any]:
+        """JSON-safe state."""
+        doc = {name: getattr(self, name) for name in _DOC_FIELDS}
+        doc["series"] = list(self.series)
+        doc["seen"] = sorted(self.seen)
+        return doc
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any], series_points: int = 30) -> Track:
+        """Inverse of :meth:`to_doc`."""
+        t = cls(**{k: doc[k] for k in _DOC_FIELDS if k in doc})
+        t.series = deque(doc.get("series", ()), maxlen=series_points)
+        t.seen = set(doc.get("seen", ()))
+        return t
+
+
+_DOC_FIELDS: Final = tuple(
+    n for n in Track.__dataclass_fields__ if n not in ("series", "seen")
+)
+
+
+@dataclass(slots=True)
+class EngineCounters:
+    """Running totals for the stats page."""
+
+    aggregates: int = 0
+    matched: int = 0
+    duplicates: int = 0
+    records: int = 0
+    raised: int = 0
+    folded: int = 0
+    suppressed: int = 0
+    rate_limited: int = 0
+    missing_score: int = 0
+    commands: int = 0
+
+
+class AlertEngine:
+    """Stateful rule evaluation for the partitions one worker owns."""
+
+    def __init__(self, rules: RuleSet) -> None:
+        self.tracks: dict[str, Track] = {}
+        self.by_alert: dict[str, str] = {}
+        self.open: set[str] = set()  # tracks with an active, published alert (escalation)
+        self.event_ms: int | None = None
+        self.event_wall_ms = 0
+        self.counters = EngineCounters()
+        self._dirty: set[str] = set()
+        self._deleted: dict[str, int] = {}
+        self._out: list[dict[str, Any]] = []
+        self._zone_dirty: dict[str, tuple[ZoneRule, int]] = {}
+        self._summary_dirty: set[str] = set()
+        self._rate: dict[str, deque[int]] = {}
+        self._last_silence_check = -(2**62)
+        self._silence_keys: set[str] = set()
+        self._install(rules)
+
+    # -- rules ----------------------------------------------------------------------------------
+    def _install(self, rules: RuleSet) -> None:
+        self.rules = rules
+        self.cfg = rules.config
+        self._by_metric: dict[tuple[str | None, str | None], list[Rule]] = {}
+        self._silence: list[Rule] = []
+        self._silence_rules: dict[str, Rule] = {r.name: r for r in rules.rules if r.type == "silence"}
+        for r in rules.rules:
+            if r.type == "silence":
+                self._silence.append(r)
+            else:
+                self._by_metric.setdefault((r.kind, r.metric), []).append(r)
+        self._zone_by_member: dict[str, list[ZoneRule]] = {}
+        for zr in rules.zone_rules:
+            self._zone_by_member.setdefault(zr.members, []).append(zr)
+        self._zone_rules = {zr.name: zr for zr in rules.zone_rules}
+        self._rule_by_name = {r.name: r for r in rules.rules}
+
+    def wants(self, agg: dict[str, Any]) -> bool:
+        """Whether any rule looks at ``agg`` (lets the host skip routing the rest)."""
+        kind, metric = agg["kind"], agg["metric"]
+        for key in ((kind, metric), (None, metric), (kind, None), (None, None)):
+            for rule in self._by_metric.get(key, ()):
+                if rule.applies(agg):
+                    return True
+        return any(rule.applies(agg) for rule in self._silence)
+
+    def set_rules(self, rules: RuleSet, now_ms: int) -> list[dict[str, Any]]:
+        """Hot reload: switch to ``rules``; open alerts of removed rules are cleared.
+
+        Tracks of rules that stay (same name) keep their state.
+        """
+        self._install(rules)
+        names = set(self._rule_by_name) | set(self._zone_rules) | {RATE_LIMIT_RULE}
+        ts = self.clock(now_ms)
+        for key in [k for k, t in self.tracks.items() if t.rule not in names]:
+            t = self.tracks.pop(key)
+            if t.alert is not None and t.alert["state"] in ACTIVE_STATES | {"suppressed"}:
+                self._transition(t, "cleared", ts, message=f"rule {t.rule} removed; {t.alert['message']}")
+            self.open.discard(key)
+            if t.alert is not None:
+                self.by_alert.pop(t.alert["alert_id"], None)
+            self._dirty.discard(key)
+            self._deleted[key] = t.p
+        return self._flush()
+
+    # -- time -----------------------------------------------------------------------------------
+    def clock(self, now_ms: int) -> int:
+        """The event clock: newest window end seen, advanced by host time since it last moved."""
+        if self.event_ms is None:
+            return now_ms
+        return self.event_ms + max(0, now_ms - self.event_wall_ms)
+
+    def _advance(self, end_ms: int, now_ms: int) -> None:
+        if self.event_ms is None or end_ms > self.event_ms:
+            self.event_ms = end_ms
+            self.event_wall_ms = now_ms
+
+    # -- state ----------------------------------------------------------------------------------
+    def take_state(self) -> list[tuple[int, str, dict[str, Any] | None]]:
+        """Table writes since the last call: ``(partition, key, doc)``; ``doc`` None deletes."""
+        out: list[tuple[int, str, dict[str, Any] | None]] = [
+            (self.tracks[k].p, k, self.tracks[k].to_doc()) for k in sorted(self._dirty) if k in self.tracks
+        ]
+        out += [(p, k, None) for k, p in sorted(self._deleted.items())]
+        self._dirty.clear()
+        self._deleted.clear()
+        return out
+
+    def restore(self, items: Iterable[tuple[str, Any]], partition: int, now_ms: int) -> int:
+        """Load the tracks of ``partition`` from table items; returns how many were loaded.
+
+        The event clock resumes at the newest window the restored tracks saw.
+        """
+        n = 0
+        for key, doc in items:
+            if not isinstance(doc, dict) or doc.get("p") != partition or key in self.tracks:
+                continue
+            t = Track.from_doc(doc, self.cfg.series_points)
+            self.tracks[key] = t
+            if t.alert is not None:
+                self.by_alert[t.alert["alert_id"]] = key
+                if t.emitted and not t.folded and t.alert["state"] in ACTIVE_STATES:
+                    self.open.add(key)
+            if t.rule in self._silence_rules:
+                self._silence_keys.add(key)
+            latest = max(t.last_end_ms, t.last_seen_ms)
+            if latest > 0:
+                self._advance(latest, now_ms)
+            n += 1
+        return n
+
+    def forget(self, partitions: Iterable[int] | None = None) -> None:
+        """Drop the in-memory tracks of ``partitions`` (all when None), e.g. after a rebalance."""
+        keep = None if partitions is None else set(partitions)
+        for key in [k for k, t in self.tracks.items() if keep is None or t.p in keep]:
+            t = self.tracks.pop(key)
+            self.open.discard(key)
+            self._dirty.discard(key)
+            self._silence_keys.discard(key)
+            if t.alert is not None:
+                self.by_alert.pop(t.alert["alert_id"], None)
+
+    def active_alerts(self) -> list[dict[str, Any]]:
+        """The latest record of every published alert that is not cleared (for a board snapshot)."""
+        return [
+            t.alert for t in self.tracks.values()
+            if t.alert is not None and t.emitted and not t.folded and t.alert["state"] != "cleared"
+        ]
+
+    # -- input ----------------------------------------------------------------------------------
+    def process(self, aggregates: Iterable[dict[str, Any]], now_ms: int, partition: int = 0) -> list[dict[str, Any]]:
+        """Apply closed aggregates (one micro-batch); return the alert records to publish."""
+        c = self.counters
+        by_metric = self._by_metric
+        silence = self._silence
+        for agg in aggregates:
+            c.aggregates += 1
+            end = agg["end_ms"]
+            self._advance(end, now_ms)
+            kind, metric = agg["kind"], agg["metric"]
+            for key in ((kind, metric), (None, metric), (kind, None), (None, None)):
+                rules = by_metric.get(key)
+                if rules:
+                    for rule in rules:
+                        if rule.applies(agg):
+                            self._step(rule, agg, partition)
+            for rule in silence:
+                if rule.applies(agg):
+                    self._seen(rule, agg, partition)
+        self._check_zones()
+        ts = self.clock(now_ms)
+        if ts - self._last_silence_check >= 1000:
+            self._check_silence(ts)
+        self._check_timers(ts)
+        return self._flush()
+
+    def tick(self, now_ms: int) -> list[dict[str, Any]]:
+        """Timer: silence, escalation and rate-limit summaries on the event clock."""
+        ts = self.clock(now_ms)
+        self._check_silence(ts)
+        self._check_timers(ts)
+        return self._flush()
+
+    def command(self, cmd: dict[str, Any], now_ms: int) -> list[dict[str, Any]]:
+        """Apply an operator command ``{"action": "ack"|"clear", "alert_id", "by", "token_ok"}``.
+
+        Commands for alerts this engine does not hold are ignored (they are broadcast to every
+        partition); repeating a command changes nothing.
+        """
+        key = self.by_alert.get(str(cmd.get("alert_id")))
+        t = self.tracks.get(key) if key else None
+        if t is None or t.alert is None or cmd.get("token_ok") is not True:
+            return []
+        self.counters.commands += 1
+        action, by = cmd.get("action"), cmd.get("by")
+        by = str(by)[:128] if by is not None else None
+        ts = max(self.clock(now_ms), int(t.alert["ts_ms"]))
+        state = t.alert["state"]
+        if action == "ack" and state in ("raised", "updated", "escalated"):
+            t.escalate_at_ms = None
+            self._transition(t, "acknowledged", ts, acked_by=by)
+        elif action == "clear" and state in ACTIVE_STATES | {"suppressed"}:
+            t.active = False
+            t.latched = t.subject_type == "sensor"  # a still-breaching sensor must recover first
+            t.streak = 0
+            t.cleared_ms = ts
+            if t.subject_type == "zone":
+                t.members.clear()
+            self._transition(t, "cleared", ts, acked_by=by or t.alert.get("acked_by"))
+        return self._flush()
+
+    # -- per-sensor rules -------------------------------------------------------------------------
+    def _track(self, rule_name: str, agg: dict[str, Any], partition: int, *, per_metric: bool = True) -> Track:
+        sid = agg["sensor_id"]
+        key = f"{rule_name}|{sid}"
+        t = self.tracks.get(key)
+        if t is None:
+            t = self.tracks[key] = Track(
+                key, partition, rule_name, "sensor", agg["zone"], sid, agg["kind"],
+                agg["metric"] if per_metric else None, agg.get("unit", "") if per_metric else "",
+                series=deque(maxlen=self.cfg.series_points),
+            )
+        return t
+
+    def _measure(self, rule: Rule, t: Track, agg: dict[str, Any]) -> tuple[float, bool, float] | None:
+        """(value, breaching, threshold) of one window, or None when it cannot be judged."""
+        rtype = rule.type
+        if rtype == "threshold":
+            v = float(agg[rule.field])
+            return v, crosses(rule.op, v, rule.raise_level), rule.raise_level
+        if rtype == "anomaly":
+            s = agg.get("score")
+            if s is None:
+                self.counters.missing_score += 1
+                return None
+            return float(s), crosses(rule.op, float(s), rule.raise_level), rule.raise_level
+        if rtype == "stuck":
+            std = float(agg.get("std", 1.0))
+            return std, agg.get("count", 0) >= 2 and std <= _EPS, 0.0
+        if rtype == "out_of_range":
+            lo, hi = rule.low, rule.high
+            if lo is not None and float(agg["min"]) < lo:
+                return float(agg["min"]), True, lo
+            if hi is not None and float(agg["max"]) > hi:
+                return float(agg["max"]), True, hi
+            return float(agg["mean"]), False, hi if hi is not None else lo or 0.0
+        prev, t.prev = t.prev, [float(agg.get(rule.field, agg["mean"])), float(agg.get("last", agg["mean"])),
+                                float(agg["end_ms"])]
+        if rtype == "rate_of_change":
+            if prev is None or agg["end_ms"] - prev[2] > 3 * agg.get("size_ms", 60_000):
+                return None
+            v = (float(agg[rule.field]) - prev[0]) / ((agg["end_ms"] - prev[2]) / 1000.0)
+            return v, crosses(rule.op, v, rule.raise_level), rule.raise_level
+        # jump: a step between windows, or a spread inside one
+        step = float(agg["max"]) - float(agg["min"])
+        if prev is not None and "first" in agg:
+            step = max(step, abs(float(agg["first"]) - prev[1]))
+        return step, step > rule.raise_level, rule.raise_level
+
+    def _step(self, rule: Rule, agg: dict[str, Any], partition: int) -> None:
+        t = self._track(rule.name, agg, partition)
+        end = agg["end_ms"]
+        if end <= t.last_end_ms:
+            self.counters.duplicates += 1
+            return
+        self.counters.matched += 1
+        if t.last_end_ms < 0 and rule.name in self._zone_by_member:  # a new sensor: it counts in n
+            for zr in self._zone_by_member[rule.name]:
+                if zr.covers(t.zone):
+                    self._dirty.add(self._zone_track(zr, t).key)
+        t.last_end_ms = end
+        m = self._measure(rule, t, agg)
+        if m is None:
+            return
+        value, breach, threshold = m
+        t.series.append([end, value])
+        if t.active:
+            recovered = rule.clears(value) if rule.type in ("threshold", "rate_of_change", "anomaly") else not breach
+            if recovered:
+                t.clear_streak += 1
+                if t.clear_streak >= rule.clear_windows:
+                    self._clear_sensor(rule, t, end, value)
+            else:
+                t.clear_streak = 0
+                if breach:
+                    self._member_alarm(rule, t, agg, value, active=True)
+            self._dirty.add(t.key)
+            return
+        if t.latched:
+            if not breach:
+                t.latched = False
+                self._dirty.add(t.key)
+            return
+        if not breach:
+            if t.streak:
+                t.streak = 0
+                t.streak_vals = []
+                self._dirty.add(t.key)
+            return
+        start = agg["start_ms"]
+        if t.streak == 0 or start > t.streak_end_ms:  # a gap in the windows restarts the streak
+            t.streak, t.streak_start_ms, t.streak_vals = 0, start, []
+            t.streak_first_ts_ms = int(agg.get("first_ts_ms", start))
+        t.streak += 1
+        t.streak_end_ms = end
+        t.streak_vals.append([start, end, value])
+        del t.streak_vals[: -self.cfg.evidence_values]
+        self._dirty.add(t.key)
+        if t.streak >= rule.for_windows and end - t.streak_start_ms >= rule.for_ms:
+            self._raise_sensor(rule, t, agg, value, threshold)
+
+    def _raise_sensor(self, rule: Rule, t: Track, agg: dict[str, Any], value: float, threshold: float) -> None:
+        end = agg["end_ms"]
+        t.active, t.clear_streak = True, 0
+        evidence = {
+            "values": [v for _, _, v in t.streak_vals],
+            "windows": [[int(s), int(e)] for s, e, _ in t.streak_vals],
+            "score": agg.get("score"),
+            "model_version": agg.get("model_version"),
+            "series": list(t.series),
+            "sensors": [],
+        }
+        if agg.get("top_features") is not None:
+            evidence["top_features"] = agg["top_features"]
+        unit = agg.get("unit", "")
+        message = self._message(rule, agg, value, threshold, unit)
+        reopen = (
+            t.alert is not None and t.alert["state"] == "cleared" and t.cleared_ms is not None
+            and end - t.cleared_ms < self.cfg.cooldown_ms and not t.folded
+        )
+        first_ts, start = t.streak_first_ts_ms, t.streak_start_ms
+        t.streak, t.streak_vals = 0, []
+        folded = self._member_alarm(rule, t, agg, value, active=True, start_ms=start, first_ts_ms=first_ts)
+        if reopen and t.alert is not None:
+            ev = {**evidence, "reopened": int(t.alert["evidence"].get("reopened", 0)) + 1}
+            if t.emitted:
+                self._transition(t, "raised", end, value=value, message=message, evidence=ev)
+                self._arm_escalation(t, rule.escalate_after_ms, end)
+            else:
+                t.alert = {**t.alert, "state": "raised", "ts_ms": end, "value": value, "evidence": ev}
+            return
+        rec = self._new_record(
+            rule.name, rule.category, rule.severity, "sensor", t.sensor_id, agg["zone"], agg["kind"], agg["metric"],
+            value, threshold, message, evidence, first_ts, start, end,
+        )
+        self._open(t, rec, folded, rule.escalate_after_ms)
+
+    def _clear_sensor(self, rule: Rule, t: Track, end: int, value: float) -> None:
+        t.active, t.clear_streak, t.cleared_ms = False, 0, end
+        self._member_alarm(rule, t, None, value, active=False, end_ms=end)
+        if t.alert is not None and t.alert["state"] != "cleared":
+            self._transition(t, "cleared", end, value=value)
+
+    @staticmethod
+    def _message(rule: Rule, agg: dict[str, Any], value: float, threshold: float, unit: str) -> str:
+        who = f"{agg['kind']} sensor {agg['sensor_id']} in {agg['zone']}"
+        what = {
+            "threshold": f"{agg['metric']} {rule.field} {value:.6g} {rule.op} {threshold:g} {unit}",
+            "rate_of_change": f"{agg['metric']} {rule.field} changing {value:+.6g} {unit}/s ({rule.op} {threshold:g})",
+            "anomaly": f"{agg['metric']} anomaly score {value:.3g} {rule.op} {threshold:g}",
+            "stuck": f"{agg['metric']} stuck at {agg.get('mean', value):.6g} {unit} for {rule.for_windows} windows",
+            "out_of_range": f"{agg['metric']} {value:.6g} {unit} outside the physical range "
+            f"[{'' if rule.low is None else f'{rule.low:g}'}, {'' if rule.high is None else f'{rule.high:g}'}]",
+            "jump": f"{agg['metric']} jumped by {value:.6g} {unit} (> {threshold:g}): sensor fault?",
+        }[rule.type]
+        return f"{who}: {what}".rstrip()
+
+    # -- silence ----------------------------------------------------------------------------------
+    def _seen(self, rule: Rule, agg: dict[str, Any], partition: int) -> None:
+        t = self._track(rule.name, agg, partition, per_metric=False)
+        if t.last_seen_ms < 0:
+            self._silence_keys.add(t.key)
+        last = int(agg.get("last_ts_ms", agg["end_ms"] - 1))
+        if last <= t.last_seen_ms:
+            return
+        t.last_seen_ms = last
+        if t.active:
+            t.active, t.cleared_ms = False, last
+            if t.alert is not None and t.alert["state"] != "cleared":
+                self._transition(t, "cleared", max(last, int(t.alert["ts_ms"])),
+                                 message=f"{t.alert['message']}; reading again at {last}")
+            self._dirty.add(t.key)
+        elif t.latched:
+            t.latched = False
+            self._dirty.add(t.key)
+
+    def _check_silence(self, ts: int) -> None:
+        self._last_silence_check = ts
+        if not self._silence:
+            return
+        rules = self._silence_rules
+        for key in sorted(self._silence_keys):
+            t = self.tracks.get(key)
+            rule = rules.get(t.rule) if t is not None else None
+            if t is None or rule is None or t.active or t.latched or t.last_seen_ms < 0:
+                continue
+            due = t.last_seen_ms + rule.silent_ms
+            if ts < due:
+                continue
+            t.active = True
+            silent_s = (ts - t.last_seen_ms) / 1000
+            message = (
+                f"{t.kind} sensor {t.sensor_id} in {t.zone}: no reading for {silent_s:.0f} s "
+                f"(> {rule.silent_ms / 1000:g} s)"
+            )
+            evidence = {"values": [silent_s], "windows": [], "score": None, "model_version": None,
+                        "series": list(t.series), "sensors": [], "last_reading_ts_ms": t.last_seen_ms}
+            rec = self._new_record(
+                rule.name, rule.category, rule.severity, "sensor", t.sensor_id, t.zone, t.kind, None,
+                silent_s, rule.silent_ms / 1000, message, evidence, t.last_seen_ms, due, ts,
+            )
+            rec["latency_ms"] = ts - due  # detection delay: there is no triggering reading
+            self._open(t, rec, False, rule.escalate_after_ms)
+
+    # -- zone rules -------------------------------------------------------------------------------
+    def _member_alarm(
+        self, rule: Rule, t: Track, agg: dict[str, Any] | None, value: float, *, active: bool,
+        start_ms: int | None = None, first_ts_ms: int | None = None, end_ms: int | None = None,
+    ) -> bool:
+        """Tell the zone rules built on ``rule`` about a member; returns whether ``t`` is folded."""
+        zrs = self._zone_by_member.get(rule.name)
+        if not zrs:
+            return False
+        folded = False
+        for zr in zrs:
+            if not zr.covers(t.zone):
+                continue
+            z = self._zone_track(zr, t)
+            sid = t.sensor_id or ""
+            end = agg["end_ms"] if agg is not None else end_ms or t.last_end_ms
+            m = z.members.get(sid)
+            if active:
+                if m is None or m[1] == 0:
+                    m = z.members[sid] = [end, 1, first_ts_ms or end, start_ms or end, value]
+                m[0], m[1], m[4] = end, 1, value
+            elif m is not None:
+                m[1] = 0
+                m[0] = max(m[0], end)
+            self._dirty.add(z.key)
+            if active and zr.fold == "after_raise" and not (z.alert is not None and z.alert["state"] in ACTIVE_STATES):
+                self._eval_zone(zr, z)  # now, so this very sensor is already folded if it completes k
+            else:
+                self._zone_dirty[z.key] = (zr, end)
+            if zr.fold == "always" or (z.alert is not None and z.alert["state"] in ACTIVE_STATES):
+                folded = True
+        return folded
+
+    def _zone_track(self, zr: ZoneRule, member: Track) -> Track:
+        key = f"{zr.name}|zone:{member.zone}"
+        z = self.tracks.get(key)
+        if z is None:
+            z = self.tracks[key] = Track(
+                key, member.p, zr.name, "zone", member.zone, None, member.kind, member.metric, member.unit,
+                series=deque(maxlen=self.cfg.series_points),
+            )
+        if member.sensor_id not in z.seen:
+            z.seen.add(member.sensor_id or "")
+        return z
+
+    def _check_zones(self) -> None:
+        pending, self._zone_dirty = self._zone_dirty, {}
+        for key, (zr, _) in sorted(pending.items()):
+            z = self.tracks.get(key)
+            if z is not None:
+                self._eval_zone(zr, z)
+
+    def _eval_zone(self, zr: ZoneRule, z: Track) -> None:
+        if not z.members:
+            return
+        ref = max(int(m[0]) for m in z.members.values())
+        for sid in [s for s, m in z.members.items() if not m[1] and m[0] < ref - zr.within_ms]:
+            del z.members[sid]  # recovered longer than T ago: no longer counts
+        counted = sorted(z.members)
+        active_n = sum(1 for m in z.members.values() if m[1])
+        is_open = z.alert is not None and z.alert["state"] in ACTIVE_STATES | {"suppressed"}
+        if z.series and z.series[-1][0] == ref:
+            z.series[-1] = [ref, len(counted)]
+        else:
+            z.series.append([ref, len(counted)])
+        if z.latched:
+            if active_n == 0:
+                z.latched = False
+            return
+        evidence = {
+            "values": [z.members[s][4] for s in counted],
+            "windows": [[int(z.members[s][3]), int(z.members[s][0])] for s in counted],
+            "score": None, "model_version": None, "series": list(z.series), "sensors": counted,
+            "n": len(z.seen), "k": zr.k,
+        }
+        rule = self._rule_by_name.get(zr.members)
+        what = f"{rule.metric} {rule.field} {rule.op} {rule.raise_level:g}" if rule else zr.members
+        message = (
+            f"zone {z.zone}: {len(counted)} of {len(z.seen)} sensors in alarm ({what}) "
+            f"within {zr.within_ms / 1000:g} s"
+        )
+        if not is_open:
+            if len(counted) < zr.k:
+                return
+            start = min(int(z.members[s][3]) for s in counted)
+            first_ts = min(int(z.members[s][2]) for s in counted)
+            z.active = True
+            rec = self._new_record(
+                zr.name, "incident", zr.severity, "zone", None, z.zone, z.kind, z.metric, float(len(counted)),
+                float(zr.k), message, evidence, first_ts, start, ref,
+            )
+            self._open(z, rec, False, zr.escalate_after_ms)
+            return
+        if z.alert is None:
+            return
+        if active_n < zr.clear_below:
+            z.active, z.cleared_ms = False, ref
+            z.members = {s: m for s, m in z.members.items() if m[1]}
+            self._transition(z, "cleared", max(ref, int(z.alert["ts_ms"])), value=float(active_n),
+                             message=message, evidence=evidence)
+        elif counted != z.alert["evidence"].get("sensors"):
+            state = "suppressed" if z.alert["state"] == "suppressed" else "updated"
+            if z.alert["state"] == "acknowledged":
+                state = "acknowledged"  # keep the ack; the record still carries the new evidence
+            self._transition(z, state, max(ref, int(z.alert["ts_ms"])), value=float(len(counted)),
+                             message=message, evidence=evidence)
+
+    # -- records ----------------------------------------------------------------------------------
+    def _new_record(
+        self, rule: str, category: str, severity: str, subject_type: str, sensor_id: str | None, zone: str,
+        kind: str | None, metric: str | None, value: float, threshold: float, message: str,
+        evidence: dict[str, Any], first_ts_ms: int, start_ms: int, ts_ms: int,
+    ) -> dict[str, Any]:
+        subject = sensor_id if subject_type == "sensor" else f"zone:{zone}"
+        return {
+            "v": 1,
+            "alert_id": alert_id(rule, subject or "", start_ms),
+            "seq": 0,
+            "rule": rule,
+            "category": category,
+            "severity": severity,
+            "state": "raised",
+            "subject_type": subject_type,
+            "sensor_id": sensor_id,
+            "zone": zone,
+            "kind": kind,
+            "metric": metric,
+            "value": value,
+            "threshold": threshold,
+            "message": message,
+            "evidence": evidence,
+            "first_reading_ts_ms": first_ts_ms,
+            "raised_ts_ms": ts_ms,
+            "ts_ms": ts_ms,
+            "latency_ms": max(0, ts_ms - first_ts_ms),
+            "acked_by": None,
+            "escalation_level": 0,
+        }
+
+    def _open(self, t: Track, rec: dict[str, Any], folded: bool, escalate_after_ms: int | None) -> None:
+        """Publish a new occurrence (or fold, suppress or rate-limit it)."""
+        old = t.alert
+        if old is not None:
+            self.by_alert.pop(old["alert_id"], None)
+            self.open.discard(t.key)
+        self.by_alert[rec["alert_id"]] = t.key
+        t.folded, t.emitted = folded, True
+        t.escalate_at_ms = None
+        self._dirty.add(t.key)
+        ts = rec["ts_ms"]
+        if folded:
+            self.counters.folded += 1
+            t.alert = {**rec, "seq": 1}
+            return
+        if self._in_maintenance(rec, ts):
+            self.counters.suppressed += 1
+            rec = {**rec, "state": "suppressed"}
+            t.alert = {**rec, "seq": 0}
+            self._transition(t, "suppressed", ts)
+            return
+        if not self._allow(rec["zone"], ts):
+            t.emitted = False
+            t.alert = {**rec, "seq": 1}
+            return
+        self.counters.raised += 1
+        t.alert = {**rec, "seq": 0}
+        self._transition(t, "raised", ts)
+        self._arm_escalation(t, escalate_after_ms, ts)
+
+    def _arm_escalation(self, t: Track, after_ms: int | None, ts: int) -> None:
+        after = self.cfg.escalate_after_ms if after_ms is None else after_ms
+        t.escalate_at_ms = ts + after if after > 0 else None
+        self.open.add(t.key)
+
+    def _transition(self, t: Track, state: str, ts: int, **changes: Any) -> None:
+        if t.alert is None:
+            return
+        rec = {**t.alert, **changes, "state": state, "ts_ms": ts, "seq": int(t.alert["seq"]) + 1}
+        t.alert = rec
+        self._dirty.add(t.key)
+        if state == "cleared":
+            self.open.discard(t.key)
+            t.escalate_at_ms = None
+        if t.folded or not t.emitted:
+            return
+        self.counters.records += 1
+        self._out.append(rec)
+
+    def _in_maintenance(self, rec: dict[str, Any], ts: int) -> bool:
+        return any(m.covers(rec["rule"], rec["sensor_id"], rec["zone"], ts) for m in self.rules.maintenance)
+
+    # -- escalation and rate limits ---------------------------------------------------------------
+    def _check_timers(self, ts: int) -> None:
+        for key in sorted(self.open):
+            t = self.tracks.get(key)
+            if t is None or t.alert is None or t.escalate_at_ms is None or ts < t.escalate_at_ms:
+                continue
+            if t.alert["state"] not in ("raised", "updated", "escalated"):
+                t.escalate_at_ms = None
+                continue
+            level = SEVERITIES.index(t.alert["severity"])
+            if level + 1 >= len(SEVERITIES):
+                t.escalate_at_ms = None
+                continue
+            rule = self._rule_by_name.get(t.rule) or self._zone_rules.get(t.rule)
+            after = getattr(rule, "escalate_after_ms", None)
+            after = self.cfg.escalate_after_ms if after is None else after
+            at = t.escalate_at_ms
+            t.escalate_at_ms = at + after if after > 0 else None
+            self._transition(
+                t, "escalated", at, severity=SEVERITIES[level + 1],
+                escalation_level=int(t.alert["escalation_level"]) + 1,
+            )
+        for key in sorted(self._summary_dirty):
+            t = self.tracks[key]
+            if t.alert is not None and t.alert["state"] in ACTIVE_STATES:
+                self._transition(t, "updated", max(int(t.alert["ts_ms"]), t.last_end_ms),
+                                 value=float(t.suppressed), message=self._summary_message(t))
+        self._summary_dirty.clear()
+        window = self.cfg.rate_window_ms
+        for key in [k for k in self.open if k.startswith(RATE_LIMIT_RULE + "|")]:
+            t = self.tracks[key]
+            if t.alert is not None and ts - t.last_end_ms >= window:
+                t.active = False
+                self._transition(t, "cleared", max(ts, int(t.alert["ts_ms"])))
+
+    def _allow(self, zone: str, ts: int) -> bool:
+        window = self.cfg.rate_window_ms
+        ok = True
+        for subject, limit in ((f"zone:{zone}", self.cfg.zone_rate_limit), ("global", self.cfg.global_rate_limit)):
+            q = self._rate.setdefault(subject, deque())
+            while q and q[0] <= ts - window:
+                q.popleft()
+            if len(q) >= limit:
+                ok = False
+                self._summary(subject, zone if subject != "global" else "*", limit, ts)
+                break
+        if ok:
+            for subject in (f"zone:{zone}", "global"):
+                self._rate[subject].append(ts)
+        else:
+            self.counters.rate_limited += 1
+        return ok
+
+    def _summary(self, subject: str, zone: str, limit: int, ts: int) -> None:
+        key = f"{RATE_LIMIT_RULE}|{subject}"
+        t = self.tracks.get(key)
+        if t is None:
+            t = self.tracks[key] = Track(key, 0, RATE_LIMIT_RULE, "zone", zone,
+                                         series=deque(maxlen=self.cfg.series_points))
+        t.last_end_ms = max(t.last_end_ms, ts)
+        self._dirty.add(key)
+        if t.alert is not None and t.alert["state"] in ACTIVE_STATES:
+            t.suppressed += 1
+            t.series.append([ts, float(t.suppressed)])
+            self._summary_dirty.add(key)
+            return
+        t.suppressed, t.active = 1, True
+        t.series = deque([[ts, 1.0]], maxlen=self.cfg.series_points)
+        scope = "all zones" if subject == "global" else f"zone {zone}"
+        rec = self._new_record(
+            RATE_LIMIT_RULE, "summary", "warning", "zone", None, zone, None, None, 1.0, float(limit),
+            f"alert rate limit tripped in {scope}: more than {limit} new alerts per "
+            f"{self.cfg.rate_window_ms / 1000:g} s; 1 held back",
+            {"values": [], "windows": [], "score": None, "model_version": None, "series": list(t.series),
+             "sensors": []},
+            ts, ts, ts,
+        )
+        if t.alert is not None:
+            self.by_alert.pop(t.alert["alert_id"], None)
+        self.by_alert[rec["alert_id"]] = key
+        t.alert, t.emitted, t.folded = {**rec, "seq": 0}, True, False
+        self.open.add(key)
+        self._transition(t, "raised", ts)
+
+    def _summary_message(self, t: Track) -> str:
+        scope = "all zones" if t.key.endswith("|global") else f"zone {t.zone}"
+        threshold = int(t.alert["threshold"]) if t.alert is not None else 0
+        return (
+            f"alert rate limit tripped in {scope}: more than {threshold} new alerts per "
+            f"{self.cfg.rate_window_ms / 1000:g} s; {t.suppressed} held back"
+        )
+
+    def _flush(self) -> list[dict[str, Any]]:
+        out, self._out = self._out, []
+        return out
+
+
+__all__ = ["ACTIVE_STATES", "AlertEngine", "EngineCounters", "Track"]
