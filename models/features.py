@@ -102,6 +102,11 @@ class FeatureState:
             self._learn(rec)
         return out
 
+    def learn(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Update the baselines with ``records`` (call after scoring, with the normal ones only)."""
+        for rec in records:
+            self._learn(rec)
+
     def _learn(self, rec: Mapping[str, Any]) -> None:
         key = (str(rec["sensor_id"]), str(rec["metric"]))
         s = self._series.setdefault(key, _Series())

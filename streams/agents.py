@@ -11,14 +11,17 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import faust
 import orjson
 
+import models as models_pkg
 from connectors.buffer import BufferedSink, BufferFull, open_spool
 from connectors.influx import open_sink
 from connectors.lineprotocol import Point, aggregate_point, alert_point, zone_point
+from models.stream import StreamScorer
 from streams.alert_agents import attach_alerting
 from streams.api import register_api, register_retention
 from streams.deadletter import dead_letter
@@ -100,6 +103,10 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
         schema=faust.Schema(key_serializer="json", value_serializer="json"),
         help="Open event-time windows per sensor, and each partition's watermark.",
     )
+    scorer = None
+    models_dir = settings.models.dir or Path(models_pkg.__file__).parent / "artifacts"
+    if settings.models.enabled:
+        scorer = StreamScorer.from_folder(models_dir, size_ms=w.size_ms)  # ModelLoadError stops start-up
     pipeline = Pipeline(
         WindowSpec(
             w.size_ms,
@@ -113,9 +120,10 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
         max_payload_bytes=settings.max_payload_bytes,
         zones=w.zones,
         max_sensors_per_partition=settings.max_sensors_per_partition,
+        scorer=scorer,
     )
     app.urbansense_pipeline = pipeline  # type: ignore[attr-defined]
-    attach_alerting(app, settings, counters=pipeline.counters)
+    attach_alerting(app, settings, counters=pipeline.counters, score_available=scorer is not None)
     register_api(app, settings)
     register_retention(app, settings)
     sink_stats = {"points_written": 0, "write_failures": 0, "buffer_full": 0}
@@ -327,6 +335,13 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
             if zr.partials and len(zr.marks) < zr.sources:  # waiting on sources that never reported
                 await flush_zone(p, set())
 
+    if scorer is not None:
+
+        @app.timer(interval=settings.models.reload_interval_s)
+        async def model_reload() -> None:
+            """Hot swap: pick up a newer model version dropped into the models folder."""
+            await asyncio.to_thread(scorer.reload, models_dir)
+
     @app.page("/urbansense/stats/")
     async def stats(web_: Any, request: Any) -> Any:
         c = pipeline.counters
@@ -341,6 +356,7 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
             "open_windows": sum(pw.open_windows for pw in pipeline.partitions.values()),
             "watermarks_ms": {str(p): pw.watermark_ms for p, pw in pipeline.partitions.items()},
             "zone_windows_open": sum(len(zr.partials) for zr in rollups.values()),
+            "model_versions": scorer.versions() if scorer is not None else {},
             "zone_source_watermarks_ms": {str(p): zr.marks for p, zr in rollups.items()},
             **{
                 f: sink_stats.get(f, 0) + sum(b.stats.get(f, 0) for b in buffered)

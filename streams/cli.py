@@ -390,7 +390,11 @@ def main() -> None:
     except Exception as exc:  # pydantic.ValidationError: show it without a traceback
         click.echo(f"urbansense: invalid configuration: {exc}", err=True)
         sys.exit(2)
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except UrbanSensingError as exc:  # a bad model artifact, rule file, ... : say what and where, no traceback
+        click.echo(f"urbansense: {exc}", err=True)
+        sys.exit(2)
     register_commands(app, settings)
     register_model_commands(app, settings)
     if len(sys.argv) > 1 and sys.argv[1] == "worker":

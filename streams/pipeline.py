@@ -75,6 +75,7 @@ class Pipeline:
         max_payload_bytes: int = MAX_PAYLOAD_BYTES,
         zones: bool = False,
         max_sensors_per_partition: int | None = None,
+        scorer: Any = None,
     ) -> None:
         if max_sensors_per_partition is not None and max_sensors_per_partition < 1:
             msg = f"max_sensors_per_partition: expected >= 1 or None, got {max_sensors_per_partition}"
@@ -82,7 +83,8 @@ class Pipeline:
         self.zones = zones
         self.max_sensors_per_partition = max_sensors_per_partition
         self._cardinality_alerted: set[int] = set()
-        self._born: dict[int, int] = {}
+        #: Optional :class:`models.stream.StreamScorer` (duck-typed: the core does not import models).
+        self.scorer = scorer
         self.spec = spec
         self.rules = rules
         self.max_payload_bytes = max_payload_bytes
@@ -260,6 +262,8 @@ class Pipeline:
         early = pw.early_records()
         if early:
             out.aggregates.extend(early)
+        if closed and self.scorer is not None:
+            self.scorer.score(closed)
         if closed:
             out.aggregates.extend(closed)
             self.counters.aggregates += len(closed)

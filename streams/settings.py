@@ -116,6 +116,17 @@ class WindowSettings(_Section):
     early_updates: bool = False
 
 
+class ModelSettings(_Section):
+    """Anomaly models scored in the stream."""
+
+    enabled: bool = True
+    #: Folder of ``<kind>/<version>/`` artifacts; the newest version of each kind is used, and a
+    #: newer one dropped in is swapped in without a restart. Default: the models shipped with the
+    #: package.
+    dir: Path | None = None
+    reload_interval_s: float = Field(default=5.0, gt=0)
+
+
 class AlertingSettings(_Section):
     """Alert rules, sinks and the live board."""
 
@@ -158,6 +169,7 @@ class Settings(BaseSettings):
     influx: InfluxSettings = InfluxSettings()
     store: StoreSettings = StoreSettings()
     window: WindowSettings = WindowSettings()
+    models: ModelSettings = ModelSettings()
     alerting: AlertingSettings = AlertingSettings()
     retention: RetentionSettings = RetentionSettings()
 

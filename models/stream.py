@@ -1,0 +1,117 @@
+"""Anomaly scoring inside the stream: per-kind models over closed window aggregates.
+
+:class:`StreamScorer` scores a micro-batch of closed windows per feed kind with numpy (one matrix per
+kind), writes ``score``, ``model_version`` and ``top_features`` into each aggregate record, and only
+then lets the windows that did not look anomalous update the baselines the features are computed
+against (an anomaly must not become the new normal). Models are swapped without a restart by
+:meth:`StreamScorer.reload`, which picks up a newer version directory under the models folder.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.errors import ModelLoadError
+from models.features import FeatureState
+from models.registry import LoadedModel, load_model
+from models.scoring import Scorer
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("traffic", "environment", "crowd", "iot")
+
+
+def latest_versions(root: Path) -> dict[str, Path]:
+    """The newest version directory of each kind under ``root`` (``<kind>/<version>/``)."""
+    out: dict[str, Path] = {}
+    for kind in KINDS:
+        base = root / kind
+        versions = [p for p in base.iterdir() if p.is_dir()] if base.is_dir() else []
+        if versions:
+            out[kind] = max(versions, key=lambda p: _version_key(p.name))
+    return out
+
+
+def _version_key(name: str) -> tuple[int, ...] | tuple[float, str]:
+    parts = name.split(".")
+    if all(x.isdigit() for x in parts):
+        return tuple(int(x) for x in parts)
+    return (float("inf"), name)
+
+
+class StreamScorer:
+    """Scores closed windows of the primary tumbling window, per feed kind."""
+
+    def __init__(self, models: dict[str, LoadedModel], *, window: str = "tumbling", size_ms: int | None = None) -> None:
+        self.window = window
+        self.size_ms = size_ms
+        self.scorers = {k: Scorer(m) for k, m in models.items()}
+        self.thresholds = {k: float(m.sidecar.get("default_threshold", 0.99)) for k, m in models.items()}
+        self.paths = {k: m.path for k, m in models.items()}
+        self.features: dict[str, FeatureState] = {k: FeatureState() for k in KINDS}
+
+    @classmethod
+    def from_folder(cls, root: Path, *, size_ms: int | None = None) -> StreamScorer:
+        """Load the newest version of every kind; a missing kind or a bad artifact stops start-up."""
+        found = latest_versions(root)
+        missing = [k for k in KINDS if k not in found]
+        if missing:
+            msg = f"models folder {root}: no artifact for kind(s) {missing} (expected <kind>/<version>/)"
+            raise ModelLoadError(msg)
+        models = {k: load_model(p) for k, p in found.items()}
+        for k, m in models.items():
+            logger.info("anomaly model loaded kind=%s version=%s path=%s", k, m.version, m.path)
+        return cls(models, size_ms=size_ms)
+
+    def versions(self) -> dict[str, str]:
+        """Model version in use per kind."""
+        return {k: s.version for k, s in self.scorers.items()}
+
+    def reload(self, root: Path) -> list[str]:
+        """Swap in newer model versions found under ``root``; keep the old model on any error."""
+        swapped = []
+        for kind, path in latest_versions(root).items():
+            if self.paths.get(kind) == path:
+                continue
+            try:
+                model = load_model(path)
+            except ModelLoadError as exc:
+                logger.error("model swap refused kind=%s path=%s error=%s", kind, path, exc)
+                self.paths[kind] = path  # do not retry the same broken artifact every tick
+                continue
+            old = self.scorers[kind].version if kind in self.scorers else None
+            self.scorers[kind] = Scorer(model)
+            self.thresholds[kind] = float(model.sidecar.get("default_threshold", 0.99))
+            self.paths[kind] = path
+            logger.info("anomaly model swapped kind=%s from=%s to=%s", kind, old, self.scorers[kind].version)
+            swapped.append(kind)
+        return swapped
+
+    def score(self, aggregates: Sequence[dict[str, Any]]) -> None:
+        """Add ``score``, ``model_version`` and ``top_features`` to the final primary-window records."""
+        by_kind: dict[str, list[dict[str, Any]]] = {}
+        for rec in aggregates:
+            if rec.get("window") != self.window or not rec.get("final", True):
+                continue
+            if self.size_ms is not None and rec.get("size_ms") != self.size_ms:
+                continue
+            by_kind.setdefault(rec["kind"], []).append(rec)
+        for kind, recs in by_kind.items():
+            scorer = self.scorers.get(kind)
+            if scorer is None:
+                continue
+            state = self.features[kind]
+            x = state.transform(recs, learn=np.zeros(len(recs), dtype=bool))
+            res = scorer.score(x)
+            scores = res.score.tolist()
+            for rec, s, top in zip(recs, scores, res.top_features, strict=True):
+                rec["score"] = s
+                rec["model_version"] = res.model_version
+                rec["top_features"] = list(top)
+            threshold = self.thresholds[kind]
+            state.learn([r for r, s in zip(recs, scores, strict=True) if s < threshold])
