@@ -344,6 +344,33 @@ def register_commands(app: faust.App, settings: Settings) -> None:
             raise SystemExit(code)
 
 
+def register_evaluate_command(app: faust.App, settings: Settings) -> None:
+    """``evaluate``: a scenario through a private broker and worker, alerts scored against its truth."""
+
+    @app.command(
+        option("--scenario", default="default", show_default=True, help="Scenario TOML file or shipped name."),
+        option("--speed", type=float, default=0.0, show_default=True, help="N times real time (0: as fast as possible)."),
+        option("--out-dir", default="var/evaluate", show_default=True, help="Logs, truth, alerts and report."),
+        option("--timeout", type=float, default=1800.0, show_default=True, help="Bound on the worker catching up (s)."),
+        option("--json", "as_json", is_flag=True, default=False, help="Print the report as JSON instead of a table."),
+    )
+    async def evaluate(self: object, scenario: str, speed: float, out_dir: str, timeout: float, as_json: bool) -> None:
+        """Run a scenario through the real pipeline and score precision, recall, delay and fault alerts."""
+        import orjson
+
+        from simulators.evaluate import format_table, run_evaluation
+
+        _configure_logging(settings.log_level)
+        try:
+            report = run_evaluation(
+                settings, scenario, speed=speed, out_dir=out_dir, timeout_s=timeout, progress=sys.stderr.isatty()
+            )
+        except (UrbanSensingError, ValueError, FileNotFoundError, RuntimeError, TimeoutError) as exc:
+            click.echo(f"urbansense evaluate: {exc}", err=True)
+            raise SystemExit(2) from None
+        click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() if as_json else format_table(report))
+
+
 def register_model_commands(app: faust.App, settings: Settings) -> None:
     """``score-csv`` and ``train``."""
 
@@ -397,6 +424,7 @@ def main() -> None:
         sys.exit(2)
     register_commands(app, settings)
     register_model_commands(app, settings)
+    register_evaluate_command(app, settings)
     if len(sys.argv) > 1 and sys.argv[1] == "worker":
         from connectors.kafka import client_config, ensure_topics
 

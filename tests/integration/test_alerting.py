@@ -146,7 +146,12 @@ def test_zone_incident_is_one_alert_not_a_storm(tmp_path: Path, bootstrap: str, 
     assert (z["rule"], z["zone"], z["severity"], z["subject_type"], z["sensor_id"]) == (
         "pollution_episode", "futian", "critical", "zone", None)
     assert set(zone[-1]["evidence"]["sensors"]) == hot and z["evidence"]["n"] >= 5
-    assert z["latency_ms"] == z["ts_ms"] - z["first_reading_ts_ms"] and z["latency_ms"] <= WINDOW_MS + LATENESS_MS
+    assert z["latency_ms"] == z["ts_ms"] - z["first_reading_ts_ms"]
+    # Event time: the zone rule holds once k sensors are hot; the alert is stamped with the end of
+    # the window that completed it. The k-th hot sensor's window ends at most one window after its
+    # reading (two if publishing jitter puts three readings, one still clean, into that window).
+    kth = sorted(first_hot_ts.values())[4]
+    assert kth < z["ts_ms"] <= kth + 2 * WINDOW_MS, (z["ts_ms"], kth)
 
     # Per-sensor detection latency: first over-threshold reading (event time) -> the first record
     # listing the sensor is readable on the alerts topic (wall clock).

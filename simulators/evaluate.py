@@ -1,0 +1,582 @@
+"""``urbansense evaluate``: run a scenario through the real pipeline and score the alerts it raised.
+
+:func:`score_alerts` is pure: ground truth (:meth:`simulators.feed.Plan.truth`) and alert records
+(the alerts topic) in, a report out. :func:`run_evaluation` is the adapter: a private Tansu
+broker, fresh topics, a ``python -m streams worker`` subprocess, the scenario published to Kafka
+as fast as possible, the alerts read back and scored; everything it started is stopped.
+
+Matching. An alert *matches* a ground-truth record when
+
+* the kinds agree (a crowd alert does not detect a pollution episode; alerts without a kind,
+  such as silence alerts, match any kind),
+* it is about the record's place: for incidents, the alert's zone is one of the incident's
+  zones or a sensor of the alert (``sensor_id`` and ``evidence.sensors``) is one of its
+  sensors; for faults (one sensor), a sensor of the alert is the faulty sensor,
+* and its raise event time ``raised_ts_ms`` lies in ``[start - 1 window, end + 2 windows]``.
+
+Only the first record of each ``alert_id`` counts (later records are lifecycle transitions).
+Rate-limit summaries (category ``summary``) are not scored. Incident-category alerts are
+scored against incidents; an incident alert that matches no incident but does match a sensor
+fault is a ``fault_incident_alert`` (faults must surface as maintenance alerts only).
+
+>>> truth = [{"id": "inc-1", "class": "incident", "kind": "crowd", "type": "surge", "zone": "futian",
+...           "zones": ["futian"], "sensors": ["crd-futian-0000"], "start_ms": 0, "end_ms": 600_000}]
+>>> alerts = [{"alert_id": "a1", "seq": 0, "rule": "crowd_surge", "category": "incident",
+...            "subject_type": "sensor", "sensor_id": "crd-futian-0000", "zone": "futian",
+...            "kind": "crowd", "raised_ts_ms": 120_000, "evidence": {"sensors": []}}]
+>>> r = score_alerts(truth, alerts, 60_000)
+>>> (r["precision"], r["recall"], r["median_delay_windows"], r["fault_incident_alerts"])
+(1.0, 1.0, 2.0, 0)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["format_table", "run_evaluation", "score_alerts"]
+
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring (pure)
+
+
+def _first_records(alerts: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The first record (lowest ``seq``) of each ``alert_id``, in raise-time order."""
+    first: dict[str, Mapping[str, Any]] = {}
+    for a in alerts:
+        aid = str(a["alert_id"])
+        if aid not in first or int(a.get("seq", 0)) < int(first[aid].get("seq", 0)):
+            first[aid] = a
+    return sorted(first.values(), key=lambda a: (int(a["raised_ts_ms"]), str(a["alert_id"])))
+
+
+def _alert_sensors(a: Mapping[str, Any]) -> set[str]:
+    out = {str(s) for s in (a.get("evidence") or {}).get("sensors") or ()}
+    if a.get("sensor_id"):
+        out.add(str(a["sensor_id"]))
+    return out
+
+
+def _in_time(a: Mapping[str, Any], t: Mapping[str, Any], window_ms: int) -> bool:
+    ts = int(a["raised_ts_ms"])
+    return int(t["start_ms"]) - window_ms <= ts <= int(t["end_ms"]) + 2 * window_ms
+
+
+def _kind_ok(a: Mapping[str, Any], t: Mapping[str, Any]) -> bool:
+    return a.get("kind") is None or a.get("kind") == t.get("kind")
+
+
+def _matches(a: Mapping[str, Any], t: Mapping[str, Any], window_ms: int) -> bool:
+    if not (_kind_ok(a, t) and _in_time(a, t, window_ms)):
+        return False
+    sensors = _alert_sensors(a)
+    if t["class"] == "fault":
+        return bool(sensors & set(t.get("sensors") or ()))
+    zones = set(t.get("zones") or ()) | {t["zone"]}
+    return a.get("zone") in zones or bool(sensors & set(t.get("sensors") or ()))
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return round(num / den, 4) if den else None
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return round(float(statistics.median(values)), 3) if values else None
+
+
+def _brief(a: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        f: a.get(f) for f in ("alert_id", "rule", "category", "kind", "zone", "sensor_id", "metric", "raised_ts_ms")
+    }
+
+
+def score_alerts(
+    truth: Sequence[Mapping[str, Any]], alerts: Sequence[Mapping[str, Any]], window_ms: int
+) -> dict[str, Any]:
+    """Score alert records against ground truth (see the module docstring for the matching).
+
+    Args:
+        truth: ground-truth records (``class`` ``incident`` or ``fault``, ``kind``, ``type``,
+            ``zone``, ``zones``, ``sensors``, ``start_ms``, ``end_ms``).
+        alerts: alert records as on the alerts topic (every lifecycle record, in any order).
+        window_ms: window size; the matching tolerance and the unit of the delays.
+
+    Returns:
+        ``precision`` (matched / incident alerts), ``recall`` (detected / incidents),
+        ``median_delay_windows`` (incident start to first matching alert, >= 0, median over
+        detected incidents), ``fault_incident_alerts`` (incident alerts explained only by a
+        sensor fault); ``per_kind`` (by sensor kind: precision, recall, delay), ``per_type``
+        (by incident type: recall, delay), ``faults`` (faults surfaced as maintenance alerts,
+        by type), counts, ``missed`` incidents, ``false_alarms`` and ``fault_incident_alert_list``.
+        Ratios with an empty denominator are ``None``.
+
+    Raises:
+        ValueError: ``window_ms`` is not positive.
+    """
+    if window_ms <= 0:
+        msg = f"score_alerts: window_ms: expected > 0, got {window_ms}"
+        raise ValueError(msg)
+    incidents = [t for t in truth if t["class"] == "incident"]
+    faults = [t for t in truth if t["class"] == "fault"]
+    firsts = [a for a in _first_records(alerts) if a.get("category") != "summary"]
+    inc_alerts = [a for a in firsts if a.get("category") == "incident"]
+    maint_alerts = [a for a in firsts if a.get("category") == "maintenance"]
+
+    first_hit: dict[str, int] = {}
+    matched_alerts: list[Mapping[str, Any]] = []
+    false_alarms: list[Mapping[str, Any]] = []
+    fault_caused: list[dict[str, Any]] = []
+    for a in inc_alerts:
+        hits = [t for t in incidents if _matches(a, t, window_ms)]
+        if hits:
+            matched_alerts.append(a)
+            for t in hits:
+                ts = int(a["raised_ts_ms"])
+                first_hit[t["id"]] = min(first_hit.get(t["id"], ts), ts)
+            continue
+        false_alarms.append(a)
+        by_fault = [t["id"] for t in faults if _matches(a, t, window_ms)]
+        if by_fault:
+            fault_caused.append({**_brief(a), "faults": by_fault})
+
+    def delay(t: Mapping[str, Any]) -> float:
+        return max(0.0, (first_hit[t["id"]] - int(t["start_ms"])) / window_ms)
+
+    def group(items: Sequence[Mapping[str, Any]], alerts_of: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]:
+        hit = [t for t in items if t["id"] in first_hit]
+        out: dict[str, Any] = {
+            "incidents": len(items),
+            "detected": len(hit),
+            "recall": _ratio(len(hit), len(items)),
+            "median_delay_windows": _median([delay(t) for t in hit]),
+        }
+        if alerts_of is not None:
+            ok = sum(1 for a in alerts_of if a in matched_alerts)
+            out = {"alerts": len(alerts_of), "true_alerts": ok, "precision": _ratio(ok, len(alerts_of)), **out}
+        return out
+
+    kinds = sorted({str(t["kind"]) for t in incidents} | {str(a.get("kind")) for a in inc_alerts if a.get("kind")})
+    per_kind = {
+        k: group([t for t in incidents if t["kind"] == k], [a for a in inc_alerts if a.get("kind") == k]) for k in kinds
+    }
+    per_type = {
+        ty: group([t for t in incidents if t["type"] == ty], None) for ty in sorted({str(t["type"]) for t in incidents})
+    }
+    fault_types: dict[str, dict[str, int]] = {}
+    for f in faults:
+        row = fault_types.setdefault(str(f["type"]), {"faults": 0, "maintenance_detected": 0})
+        row["faults"] += 1
+        if any(_matches(a, f, window_ms) for a in maint_alerts):
+            row["maintenance_detected"] += 1
+    detected = [t for t in incidents if t["id"] in first_hit]
+    return {
+        "precision": _ratio(len(matched_alerts), len(inc_alerts)),
+        "recall": _ratio(len(detected), len(incidents)),
+        "median_delay_windows": _median([delay(t) for t in detected]),
+        "fault_incident_alerts": len(fault_caused),
+        "window_ms": window_ms,
+        "incidents": len(incidents),
+        "detected": len(detected),
+        "faults": len(faults),
+        "incident_alerts": len(inc_alerts),
+        "maintenance_alerts": len(maint_alerts),
+        "true_alerts": len(matched_alerts),
+        "per_kind": per_kind,
+        "per_type": per_type,
+        "fault_types": fault_types,
+        "missed": [
+            {f: t.get(f) for f in ("id", "kind", "type", "zone", "start_ms", "end_ms", "severity")}
+            for t in incidents
+            if t["id"] not in first_hit
+        ],
+        "false_alarms": [_brief(a) for a in false_alarms],
+        "fault_incident_alert_list": fault_caused,
+    }
+
+
+def format_table(report: Mapping[str, Any]) -> str:
+    """A plain-text table of a report (per kind, per type, totals)."""
+
+    def f(v: Any) -> str:
+        return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+    lines = [
+        f"{'kind':<12} {'alerts':>6} {'true':>5} {'precision':>9} {'incidents':>9} {'detected':>8} "
+        f"{'recall':>7} {'delay(w)':>8}"
+    ]
+    for k, r in report["per_kind"].items():
+        lines.append(
+            f"{k:<12} {r['alerts']:>6} {r['true_alerts']:>5} {f(r['precision']):>9} {r['incidents']:>9} "
+            f"{r['detected']:>8} {f(r['recall']):>7} {f(r['median_delay_windows']):>8}"
+        )
+    lines.append(
+        f"{'ALL':<12} {report['incident_alerts']:>6} {report['true_alerts']:>5} {f(report['precision']):>9} "
+        f"{report['incidents']:>9} {report['detected']:>8} {f(report['recall']):>7} "
+        f"{f(report['median_delay_windows']):>8}"
+    )
+    lines.append("")
+    lines.append(f"{'type':<12} {'incidents':>9} {'detected':>8} {'recall':>7} {'delay(w)':>8}")
+    for ty, r in report["per_type"].items():
+        lines.append(
+            f"{ty:<12} {r['incidents']:>9} {r['detected']:>8} {f(r['recall']):>7} " f"{f(r['median_delay_windows']):>8}"
+        )
+    lines.append("")
+    lines.append(f"{'fault type':<12} {'faults':>6} {'maintenance alert':>17}")
+    for ty, r in report["fault_types"].items():
+        lines.append(f"{ty:<12} {r['faults']:>6} {r['maintenance_detected']:>17}")
+    lines.append("")
+    lines.append(
+        f"fault_incident_alerts {report['fault_incident_alerts']}   maintenance_alerts "
+        f"{report['maintenance_alerts']}   false_alarms {len(report['false_alarms'])}   "
+        f"missed {len(report['missed'])}"
+    )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Running the pipeline (adapter)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get_json(url: str) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 - loopback URL we built
+            doc = orjson.loads(r.read())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _stop_proc(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        logger.warning("process did not stop on SIGTERM, killing pid=%d", proc.pid)
+        proc.kill()
+        proc.wait()
+
+
+def _wait(pred: Any, timeout_s: float, what: str, proc: subprocess.Popen[bytes], log: Path) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        if proc.poll() is not None:
+            msg = f"evaluate: the worker exited (code {proc.returncode}) while waiting for {what}; see {log}"
+            raise RuntimeError(msg)
+        time.sleep(0.5)
+    msg = f"evaluate: timed out after {timeout_s:.0f} s waiting for {what}; see {log}"
+    raise TimeoutError(msg)
+
+
+def _drained(cfg: Mapping[str, Any], group: str, topics: Sequence[str]) -> bool:
+    """Whether ``group`` has committed offsets at the end of every partition of ``topics``."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    consumer = Consumer({**cfg, "group.id": group, "enable.auto.commit": False})
+    try:
+        meta = consumer.list_topics(timeout=5)
+        tps = [TopicPartition(t, p) for t in topics if t in meta.topics for p in meta.topics[t].partitions]
+        if not tps:
+            return False
+        committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(tps, timeout=5)}
+        for tp in tps:
+            _, high = consumer.get_watermark_offsets(tp, timeout=5)
+            if high > 0 and committed[(tp.topic, tp.partition)] < high:
+                return False
+        return True
+    except KafkaException as exc:
+        logger.warning("evaluate: cannot read committed offsets group=%s error=%s", group, exc)
+        return False
+    finally:
+        consumer.close()
+
+
+def _publish_end_marks(settings: Any, plan: Any, window_ms: int) -> int:
+    """One normal reading per sensor, a window and the allowed lateness after the feed's end.
+
+    Every partition's watermark then passes the end of the feed, so all of its windows close,
+    without waiting on the (wall-clock) idle flush. Their own windows stay open and never
+    produce aggregates, so they cannot raise alerts. Returns the readings published.
+    """
+    from connectors.kafka import producer_config
+    from simulators.feed import Plan, feed
+    from simulators.publish import publish_kafka
+
+    lateness = settings.window.allowed_lateness_ms
+    at = plan.end_ms + window_ms + lateness + plan.interval_ms
+    at -= at % plan.interval_ms
+    marks = Plan(plan.city, start_ms=at, interval_ms=plan.interval_ms, steps=1, seed=plan.seed, name="end-marks")
+    items = [x for tick in feed(marks, "message", topic_root=settings.mqtt.topic_root) for x in tick]
+    return publish_kafka(items, producer_config=producer_config(settings.kafka), topic=settings.kafka.readings_topic)
+
+
+def run_evaluation(
+    settings: Any,
+    scenario: Any = "default",
+    *,
+    speed: float = 0,
+    out_dir: str | Path,
+    window_ms: int = 60_000,
+    timeout_s: float = 900.0,
+    idle_timeout_ms: int = 3_600_000,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Run ``scenario`` through a private broker and worker, and score the alerts raised.
+
+    Args:
+        settings: :class:`~streams.settings.Settings`; its rules file, models and partition
+            count are used; broker, topics, app id, ports and store are replaced by private ones.
+        scenario: a scenario name or file, or a :class:`~simulators.scenario.Scenario`.
+        speed: N times real time; 0 as fast as possible.
+        out_dir: logs (``tansu.log``, ``worker.log``), ``truth.jsonl``, ``alerts.jsonl``,
+            ``report.json`` and the worker's data dir go here.
+        window_ms: tumbling window size of the worker (the scenario ticks every 30 s).
+        timeout_s: bound on the worker catching up after publishing.
+        idle_timeout_ms: the worker's idle flush (wall time); it must exceed any pause of the
+            worker's consumption, or the watermark jumps to the wall clock and the rest of the
+            (past) feed is late.
+        progress: draw the publishing progress line on stderr.
+
+    Returns:
+        :func:`score_alerts`'s report plus ``scenario``, ``readings_published``,
+        ``alert_records`` and ``elapsed_s``.
+
+    Raises:
+        FileNotFoundError: no Tansu binary.
+        RuntimeError: the worker exited early.
+        TimeoutError: the worker did not catch up in time.
+    """
+    from connectors.broker import start_tansu
+    from connectors.kafka import client_config, consume_all, ensure_topics
+    from simulators.run import run_plan
+    from simulators.scenario import Scenario, load_scenario
+    from streams.cli import source_topics
+
+    t0 = time.monotonic()
+    scn = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
+    plan = scn.plan()
+    truth = plan.truth()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "truth.jsonl").write_bytes(b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in truth))
+
+    tag = uuid.uuid4().hex[:10]
+    port, web_port = _free_port(), _free_port()
+    bootstrap = f"127.0.0.1:{port}"
+    topics = {
+        "readings_topic": f"eval-{tag}.readings",
+        "aggregates_topic": f"eval-{tag}.aggregates",
+        "alerts_topic": f"eval-{tag}.alerts",
+        "dlq_topic": f"eval-{tag}.dlq",
+        "late_topic": f"eval-{tag}.late",
+        "zone_partials_topic": f"eval-{tag}.zone-partials",
+        "zone_aggregates_topic": f"eval-{tag}.zone-aggregates",
+    }
+    kafka = settings.kafka.model_copy(
+        update={
+            "bootstrap_servers": bootstrap,
+            "extra_source_topics": "",
+            "security_protocol": "PLAINTEXT",
+            "sasl_mechanism": None,
+            **topics,
+        }
+    )
+    run_settings = settings.model_copy(update={"kafka": kafka})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("URBAN_")}
+    env.update(
+        {
+            "URBAN_APP_ID": f"eval-{tag}",
+            "URBAN_DATA_DIR": str(out / "var"),
+            "URBAN_STORE__PATH": str(out / "var" / "store.db"),
+            "URBAN_WEB_HOST": "127.0.0.1",
+            "URBAN_WEB_PORT": str(web_port),
+            "URBAN_LOG_LEVEL": "INFO",
+            "URBAN_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+            "URBAN_KAFKA__PARTITIONS": str(kafka.partitions),
+            "URBAN_KAFKA__SESSION_TIMEOUT_MS": "6000",
+            "URBAN_WINDOW__SIZE_MS": str(window_ms),
+            "URBAN_WINDOW__ALLOWED_LATENESS_MS": str(settings.window.allowed_lateness_ms),
+            # Idle flush: a partition silent this long (wall time) jumps its watermark to the wall
+            # clock, which makes the rest of a past feed late. A loaded worker pauses partitions
+            # for seconds, so keep it out of the way; the end is flushed by _publish_end_marks.
+            "URBAN_WINDOW__IDLE_TIMEOUT_MS": str(idle_timeout_ms),
+            "URBAN_WINDOW__ZONES": "true",
+            "URBAN_MODELS__ENABLED": "true" if settings.models.enabled else "false",
+            "PYTHONPATH": os.pathsep.join(p for p in (str(_ROOT), env.get("PYTHONPATH", "")) if p),
+            **{f"URBAN_KAFKA__{k.upper()}": v for k, v in topics.items()},
+        }
+    )
+    if settings.alerting.rules_file is not None:
+        env["URBAN_ALERTING__RULES_FILE"] = str(Path(settings.alerting.rules_file).resolve())
+    if settings.models.dir is not None:
+        env["URBAN_MODELS__DIR"] = str(Path(settings.models.dir).resolve())
+
+    stats_url = f"http://127.0.0.1:{web_port}/urbansense/stats/"
+    alerting_url = f"http://127.0.0.1:{web_port}/urbansense/alerting/"
+    worker_log = out / "worker.log"
+    tansu = start_tansu(port, out / "tansu.log")
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        cfg = client_config(kafka)
+        ensure_topics(cfg, source_topics(run_settings))
+        with worker_log.open("wb") as fh:
+            worker = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                [sys.executable, "-m", "streams", "worker", "-l", "info", "--web-port", str(web_port)],
+                env=env,
+                cwd=_ROOT,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        _wait(
+            lambda: "Worker ready" in worker_log.read_text(errors="replace") and _get_json(stats_url),
+            120,
+            "the worker to start",
+            worker,
+            worker_log,
+        )
+        logger.info(
+            "evaluate: worker ready, publishing scenario=%s sensors=%d steps=%d",
+            plan.name,
+            len(plan.city.sensors),
+            plan.steps,
+        )
+        published = run_plan(
+            run_settings, plan, transport="kafka", speed=speed, out="", stop=threading.Event(), show_progress=progress
+        )
+        published += _publish_end_marks(run_settings, plan, window_ms)
+        logger.info("evaluate: published readings=%d in %.1f s", published, time.monotonic() - t0)
+        flushed_ms = plan.end_ms + window_ms
+
+        def caught_up() -> bool:
+            s = _get_json(stats_url)
+            if not s:
+                return False
+            marks = [int(v) for v in s.get("watermarks_ms", {}).values()]
+            return (
+                s["readings_in"] >= published
+                and len(marks) == kafka.partitions
+                and min(marks) >= flushed_ms
+                and s.get("zone_windows_open", 0) == 0
+            )
+
+        _wait(caught_up, timeout_s, f"the worker to process {published} readings", worker, worker_log)
+        # The alerting stage trails the windows (aggregates -> routed by zone -> engine). Done when
+        # its counters have settled and the worker's group has committed the end of the topics it
+        # consumes, or (committed offsets on Tansu are not always reliable) after 20 s settled.
+        inner = [
+            kafka.aggregates_topic,
+            kafka.zone_partials_topic,
+            kafka.zone_aggregates_topic,
+            f"eval-{tag}-alerting-input",
+        ]
+        last: tuple[Any, ...] = ()
+        settled_since = time.monotonic()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            a, s = _get_json(alerting_url) or {}, _get_json(stats_url) or {}
+            now = (a.get("aggregates"), a.get("alert_records"), s.get("aggregates"), s.get("alerts"))
+            if now != last or not a or not s:
+                last, settled_since = now, time.monotonic()
+            settled = time.monotonic() - settled_since
+            if (settled >= 5 and _drained(cfg, f"eval-{tag}", inner)) or settled >= 20:
+                break
+            if worker.poll() is not None:
+                msg = f"evaluate: the worker exited (code {worker.returncode}); see {worker_log}"
+                raise RuntimeError(msg)
+            if time.monotonic() > deadline:
+                msg = f"evaluate: timed out after {timeout_s:.0f} s waiting for the alerting stage; see {worker_log}"
+                raise TimeoutError(msg)
+            time.sleep(1.0)
+        stats = _get_json(stats_url) or {}
+        records = [orjson.loads(m.value()) for m in consume_all(cfg, kafka.alerts_topic, timeout_s=3)]
+    finally:
+        if worker is not None:
+            _stop_proc(worker)
+        _stop_proc(tansu, 10)
+    (out / "alerts.jsonl").write_bytes(b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in records))
+    report = score_alerts(truth, records, window_ms)
+    report.update(
+        {
+            "scenario": plan.name,
+            "sensors": len(plan.city.sensors),
+            "readings_published": published,
+            "readings_in": stats.get("readings_in"),
+            "late": stats.get("late"),
+            "duplicates": stats.get("duplicates"),
+            "dead_letters": stats.get("dead_letters"),
+            "alert_records": len(records),
+            "elapsed_s": round(time.monotonic() - t0, 1),
+        }
+    )
+    (out / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    return report
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds run_evaluation's finally: broker and worker are stopped
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m simulators.evaluate [--scenario NAME] [--json] [--out-dir DIR]``; the same as ``urbansense evaluate``."""
+    import argparse
+
+    from streams.settings import Settings
+
+    p = argparse.ArgumentParser(prog="python -m simulators.evaluate")
+    p.add_argument("--scenario", default="default")
+    p.add_argument("--speed", type=float, default=0.0)
+    p.add_argument("--out-dir", default="var/evaluate")
+    p.add_argument("--timeout", type=float, default=1800.0)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, _terminate)
+    report = run_evaluation(
+        Settings(),
+        args.scenario,
+        speed=args.speed,
+        out_dir=args.out_dir,
+        timeout_s=args.timeout,
+        progress=sys.stderr.isatty(),
+    )
+    if args.json:
+        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        sys.stdout.write(format_table(report) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        raise SystemExit(main())
