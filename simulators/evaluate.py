@@ -548,7 +548,7 @@ def _terminate(signum: int, frame: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m simulators.evaluate [--scenario NAME] [--json] [--out-dir DIR]``; the same as ``urbansense evaluate``."""
+    """``python -m simulators.evaluate [--scenario NAME] [--json] [--out-dir DIR]`` (= ``urbansense evaluate``)."""
     import argparse
 
     from streams.settings import Settings

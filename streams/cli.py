@@ -349,7 +349,7 @@ def register_evaluate_command(app: faust.App, settings: Settings) -> None:
 
     @app.command(
         option("--scenario", default="default", show_default=True, help="Scenario TOML file or shipped name."),
-        option("--speed", type=float, default=0.0, show_default=True, help="N times real time (0: as fast as possible)."),
+        option("--speed", type=float, default=0.0, show_default=True, help="N x real time (0: fastest)."),
         option("--out-dir", default="var/evaluate", show_default=True, help="Logs, truth, alerts and report."),
         option("--timeout", type=float, default=1800.0, show_default=True, help="Bound on the worker catching up (s)."),
         option("--json", "as_json", is_flag=True, default=False, help="Print the report as JSON instead of a table."),
