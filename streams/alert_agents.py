@@ -125,8 +125,19 @@ def default_sinks(settings: Settings) -> list[Any]:
     if getattr(a, "cap_url", None) and getattr(a, "cap_secret", None):
         from alerting.cap import CapSink
 
-        sinks.append(CapSink(a.cap_url, a.cap_secret))
+        sinks.append(CapSink(a.cap_url, a.cap_secret, sender=getattr(a, "cap_sender", "urbansense")))
     return sinks
+
+
+def board_origins(settings: Settings) -> list[str] | None:
+    """``URBAN_ALERTING__BOARD_ALLOWED_ORIGINS`` as a list; ``None`` (the board's own origin) when empty.
+
+    >>> from streams.settings import AlertingSettings, Settings
+    >>> board_origins(Settings(alerting=AlertingSettings(board_allowed_origins=" https://ops.example, ")))
+    ['https://ops.example']
+    """
+    raw = getattr(settings.alerting, "board_allowed_origins", "") or ""
+    return [o.strip().rstrip("/") for o in raw.split(",") if o.strip()] or None
 
 
 def attach_alerting(  # noqa: C901 - one place that wires it all
@@ -190,7 +201,9 @@ def attach_alerting(  # noqa: C901 - one place that wires it all
     if board is None and getattr(settings.alerting, "board_token", None):
         from alerting.board import AlertBoard
 
-        board = AlertBoard(settings.alerting.board_token, on_action=send_command)
+        board = AlertBoard(
+            settings.alerting.board_token, on_action=send_command, allowed_origins=board_origins(settings)
+        )
     if board is not None:
         if getattr(board, "on_action", None) is None:
             board.on_action = send_command
@@ -329,9 +342,15 @@ def attach_alerting(  # noqa: C901 - one place that wires it all
             except Exception:
                 logger.exception("alert sink close failed sink=%s", type(sink).__name__)
 
+    @app.on_before_shutdown.connect
+    async def _on_shutdown(app_: Any, **kwargs: Any) -> None:
+        # Faust sends this after the consumer stopped: nothing more reaches the sinks, so their
+        # connections (MQTT, HTTP sessions) are closed cleanly instead of dropped with the loop.
+        await _close_sinks()
+
     app.urbansense_alerting = handle  # type: ignore[attr-defined]
     handle.close_sinks = _close_sinks  # type: ignore[attr-defined]
     return handle
 
 
-__all__ = ["Alerting", "attach_alerting", "control_topic_for", "default_sinks"]
+__all__ = ["Alerting", "attach_alerting", "board_origins", "control_topic_for", "default_sinks"]

@@ -134,7 +134,8 @@ class AlertingSettings(_Section):
     #: Bearer token operators enter on the board to acknowledge/clear (>= 16 characters). No
     #: token: the board is read-only.
     board_token: SecretStr | None = None
-    #: Extra origins allowed to post acknowledgements (comma separated), e.g. behind a TLS proxy.
+    #: Origins allowed to post acknowledgements (comma separated, e.g. ``https://ops.city.example``
+    #: behind a TLS proxy). They replace the default, the board's own origin.
     board_allowed_origins: str = ""
     #: Publish alerts to MQTT ``<topic_root>/alerts/<zone>/<severity>`` (retained while active).
     mqtt_alerts: bool = False
