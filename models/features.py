@@ -107,6 +107,11 @@ class FeatureState:
         for rec in records:
             self._learn(rec)
 
+    def seen(self, sensor_id: str, metric: str) -> int:
+        """How many windows of the series have updated its baselines."""
+        s = self._series.get((sensor_id, metric))
+        return 0 if s is None else s.n
+
     def _learn(self, rec: Mapping[str, Any]) -> None:
         key = (str(rec["sensor_id"]), str(rec["metric"]))
         s = self._series.setdefault(key, _Series())

@@ -44,6 +44,12 @@ def _version_key(name: str) -> tuple[int, ...] | tuple[float, str]:
     return (float("inf"), name)
 
 
+#: Windows a series learns from unconditionally before anomalies are kept out of its baselines.
+WARMUP_WINDOWS = 10
+#: Consecutive anomalous windows after which a shift is accepted into the baselines.
+ACCEPT_AFTER = 10
+
+
 class StreamScorer:
     """Scores closed windows of the primary tumbling window, per feed kind."""
 
@@ -54,6 +60,23 @@ class StreamScorer:
         self.thresholds = {k: float(m.sidecar.get("default_threshold", 0.99)) for k, m in models.items()}
         self.paths = {k: m.path for k, m in models.items()}
         self.features: dict[str, FeatureState] = {k: FeatureState() for k in KINDS}
+        self._streak: dict[tuple[str, str], int] = {}  # consecutive anomalous windows per series
+
+    def _may_learn(self, state: FeatureState, rec: dict[str, Any], score: float, threshold: float) -> bool:
+        """Whether a scored window may update its baselines.
+
+        Normal windows do. Anomalous ones do not (the baseline must not drift towards the incident
+        it is judged against), with two exceptions that stop a feedback loop of stale baselines:
+        while a series is warming up (fewer than ``WARMUP_WINDOWS`` learned, its spread is not
+        known yet), and once an anomaly has lasted ``ACCEPT_AFTER`` windows (a lasting level shift,
+        such as a re-sited sensor, becomes the new normal; alert rules still see the scores).
+        """
+        key = (str(rec["sensor_id"]), str(rec["metric"]))
+        if score < threshold:
+            self._streak.pop(key, None)
+            return True
+        streak = self._streak[key] = self._streak.get(key, 0) + 1
+        return state.seen(*key) < WARMUP_WINDOWS or streak >= ACCEPT_AFTER
 
     @classmethod
     def from_folder(cls, root: Path, *, size_ms: int | None = None) -> StreamScorer:
@@ -106,12 +129,20 @@ class StreamScorer:
             if scorer is None:
                 continue
             state = self.features[kind]
-            x = state.transform(recs, learn=np.zeros(len(recs), dtype=bool))
-            res = scorer.score(x)
-            scores = res.score.tolist()
-            for rec, s, top in zip(recs, scores, res.top_features, strict=True):
-                rec["score"] = s
-                rec["model_version"] = res.model_version
-                rec["top_features"] = list(top)
             threshold = self.thresholds[kind]
-            state.learn([r for r, s in zip(recs, scores, strict=True) if s < threshold])
+            # One window start at a time, in event-time order (as in training): window W's features
+            # see the baselines learned up to W-1 and its zone peers closing at the same start, so a
+            # score depends on the events, never on how a feed was cut into micro-batches.
+            by_start: dict[int, list[dict[str, Any]]] = {}
+            for rec in recs:
+                by_start.setdefault(int(rec["start_ms"]), []).append(rec)
+            for start in sorted(by_start):
+                group = by_start[start]
+                x = state.transform(group, learn=np.zeros(len(group), dtype=bool))
+                res = scorer.score(x)
+                scores = res.score.tolist()
+                for rec, s, top in zip(group, scores, res.top_features, strict=True):
+                    rec["score"] = s
+                    rec["model_version"] = res.model_version
+                    rec["top_features"] = list(top)
+                state.learn([r for r, s in zip(group, scores, strict=True) if self._may_learn(state, r, s, threshold)])

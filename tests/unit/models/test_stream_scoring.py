@@ -106,3 +106,16 @@ def test_worker_refuses_to_start_on_a_tampered_artifact(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "model.skops" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_scores_do_not_depend_on_how_the_feed_is_cut_into_batches() -> None:
+    """A replay closes several window starts per batch; a live feed one. The scores must agree."""
+    recs = simulated_windows(hours=2)
+    results = []
+    for cut in (1, 7, 50, len(recs)):
+        s = StreamScorer.from_folder(ARTIFACTS, size_ms=60_000)
+        copy = [dict(r) for r in recs]
+        for lo in range(0, len(copy), cut):
+            s.score(copy[lo : lo + cut])
+        results.append([(r["score"], r["top_features"]) for r in copy])
+    assert all(r == results[0] for r in results[1:])
