@@ -411,8 +411,21 @@ class BufferedSink:
             self._memory_count += len(points)
             self._full_episode = False
             return
+        # A batch larger than the memory budget is spooled in memory-budget sized records, so one
+        # big micro-batch (a loaded worker batches more) cannot be refused by an empty spool.
+        # All or nothing: the records are only written when all of them fit.
+        step = max(1, self.memory_points)
+        records = [encode_points(points[i : i + step]) for i in range(0, len(points), step)]
+        need = sum(_HEADER.size + len(r) for r in records)
         try:
-            self.spool.append(encode_points(points))
+            if self.spool.bytes_used + need > self.spool.max_bytes:
+                msg = (
+                    f"spool {self.spool.directory}: {len(records)} record(s) of {need} bytes do not fit "
+                    f"({self.spool.bytes_used} of {self.spool.max_bytes} bytes used)"
+                )
+                raise SpoolFull(msg)
+            for r in records:
+                self.spool.append(r)
         except SpoolFull as exc:
             self.stats["buffer_full_events"] += 1
             if not self._full_episode:

@@ -184,3 +184,26 @@ def test_buffered_sink_probes_with_backoff(tmp_path: Path) -> None:
         await sink.close()
 
     asyncio.run(run())
+
+
+def test_a_batch_larger_than_one_spool_record_is_spooled_in_pieces(tmp_path: Path) -> None:
+    """A big micro-batch during an outage is split, not refused by an empty spool; all or nothing."""
+
+    async def run() -> None:
+        real = FakeSink()
+        real.up = False
+        one_record = len(encode_points(pts(0, 40))) + 64
+        spool = SpoolQueue(tmp_path / "s", max_bytes=one_record * 4, segment_bytes=one_record)
+        sink = BufferedSink(real, spool, memory_points=10)
+        await sink.write(pts(0, 40))  # larger than memory (10 points) and than a single record budget
+        assert len(spool) == 4 and sink.stats["spooled_points_total"] == 40 and not sink.full
+        used = spool.bytes_used
+        with pytest.raises(BufferFull):
+            await sink.write(pts(40, 400))  # cannot fit as a whole: nothing of it is taken
+        assert spool.bytes_used == used and len(spool) == 4
+        real.up = True
+        assert await sink.flush(force=True)
+        assert [p.time_ms for p in real.written] == list(range(40))
+        await sink.close()
+
+    asyncio.run(run())
