@@ -65,6 +65,8 @@ def pipeline_env(tmp: Path, bootstrap: str, **extra: str) -> dict[str, str]:
             "URBAN_KAFKA__ALERTS_TOPIC": f"t-{tag}.alerts",
             "URBAN_KAFKA__DLQ_TOPIC": f"t-{tag}.dlq",
             "URBAN_KAFKA__LATE_TOPIC": f"t-{tag}.late",
+            "URBAN_KAFKA__ZONE_PARTIALS_TOPIC": f"t-{tag}.zone-partials",
+            "URBAN_KAFKA__ZONE_AGGREGATES_TOPIC": f"t-{tag}.zone-aggregates",
             "URBAN_MQTT__TOPIC_ROOT": f"city{tag}",
             "URBAN_MQTT__CLIENT_ID": f"bridge-{tag}",
             "URBAN_WINDOW__IDLE_TIMEOUT_MS": "2000",
