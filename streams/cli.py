@@ -361,6 +361,8 @@ def register_evaluate_command(app: faust.App, settings: Settings) -> None:
         from simulators.evaluate import format_table, run_evaluation
 
         _configure_logging(settings.log_level)
+        # SIGTERM unwinds run_evaluation's clean-up (its broker and worker), as Ctrl-C does.
+        signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
         try:
             report = run_evaluation(
                 settings, scenario, speed=speed, out_dir=out_dir, timeout_s=timeout, progress=sys.stderr.isatty()
