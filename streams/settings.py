@@ -2,16 +2,40 @@
 
 Only entrypoints build :class:`Settings`; everything else takes explicit arguments.
 Example: ``URBAN_KAFKA__BOOTSTRAP_SERVERS=broker:9092``, ``URBAN_INFLUX__TOKEN=...``.
-Secrets are :class:`~pydantic.SecretStr` and never appear in ``repr`` or logs.
+Secrets are :class:`~pydantic.SecretStr` and never appear in ``repr``, logs or error messages.
+Every secret can also be read from a file named by ``<VARIABLE>_FILE`` (Docker/Kubernetes secrets),
+e.g. ``URBAN_INFLUX__TOKEN_FILE=/run/secrets/influx_token``.
+
+A bad configuration raises :class:`~streams.errors.ConfigError` naming each offending variable
+(``URBAN_WINDOW__SIZE_MS: ...``) and never the value of a secret; nothing is half-applied because
+a :class:`Settings` either validates completely or does not exist.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Final, Literal, get_args
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+
+from streams.errors import ConfigError
+
+ENV_PREFIX: Final = "URBAN_"
+ENV_NESTED_DELIMITER: Final = "__"
+#: Suffix of the variable that names a file holding a secret setting.
+SECRET_FILE_SUFFIX: Final = "_FILE"  # noqa: S105 - a name suffix, not a password
+_MAX_SHOWN_INPUT: Final = 80
+#: SASL mechanism used by both Kafka clients (confluent-kafka and Faust) when none is set.
+DEFAULT_SASL_MECHANISM: Final = "PLAIN"
 
 
 def _int_if_digits(value: object) -> object:
@@ -46,6 +70,9 @@ class KafkaSettings(_Section):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     ssl_cafile: Path | None = None
+    #: Client certificate and key for brokers that require mutual TLS (set both or neither).
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
     #: Consumer-group session timeout of the worker. A member that dies without leaving holds
     #: its partitions this long, and (on Tansu) a join waits about half of it.
     session_timeout_ms: int = Field(default=10_000, ge=3000)
@@ -64,6 +91,9 @@ class MqttSettings(_Section):
     qos: Annotated[Literal[0, 1, 2], IntChoice] = 1
     username: str | None = None
     password: SecretStr | None = None
+    #: Connect with TLS, verifying the broker against the system CAs (or ``tls_ca`` when set).
+    #: Setting ``tls_ca`` or ``tls_cert`` also turns TLS on.
+    tls: bool = False
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -150,10 +180,16 @@ from connectors.retention import RetentionSettings  # noqa: E402 - a settings se
 
 
 class Settings(BaseSettings):
-    """All UrbanSense settings. Built once, by an entrypoint."""
+    """All UrbanSense settings. Built once, by an entrypoint.
+
+    Raises:
+        ConfigError: a value is invalid, settings contradict each other, a file named by a setting
+            is missing, or a secret file cannot be read. The message names every offending
+            ``URBAN_...`` variable and never contains the value of a secret.
+    """
 
     model_config = SettingsConfigDict(
-        env_prefix="URBAN_", env_nested_delimiter="__", frozen=True, extra="ignore"
+        env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_NESTED_DELIMITER, frozen=True, extra="ignore"
     )
 
     app_id: str = "urbansense"
@@ -174,9 +210,222 @@ class Settings(BaseSettings):
     alerting: AlertingSettings = AlertingSettings()
     retention: RetentionSettings = RetentionSettings()
 
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            # ``from None``: pydantic's own text repeats the raw input, secrets included.
+            raise ConfigError(describe_validation_error(exc, type(self))) from None
+        except SettingsError as exc:  # a section variable (URBAN_KAFKA) that is not a JSON object
+            found = re.search(r'field "([^"]+)"', str(exc))
+            var = env_var(found.group(1)) if found else "environment"
+            msg = f"{var}: cannot parse the value (a whole section must be given as a JSON object)"
+            raise ConfigError(msg) from None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment variables with ``<SECRET>_FILE`` support in place of the plain env source."""
+        return init_settings, _EnvWithSecretFiles(settings_cls), dotenv_settings, file_secret_settings
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        problems: list[str] = []
         if self.influx.url and self.influx.version == 2 and self.influx.token is None:
-            msg = "URBAN_INFLUX__TOKEN is required when URBAN_INFLUX__URL is set with URBAN_INFLUX__VERSION=2"
-            raise ValueError(msg)
+            problems.append(
+                "URBAN_INFLUX__TOKEN is required when URBAN_INFLUX__URL is set with URBAN_INFLUX__VERSION=2"
+            )
+        problems += _kafka_problems(self.kafka)
+        problems += _mqtt_problems(self.mqtt)
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
+
+
+# -- cross-field checks (run on the whole Settings, so each section stays constructible alone) --
+
+
+def _file_problems(paths: Mapping[str, Path | None]) -> list[str]:
+    out = []
+    for var, path in paths.items():
+        if path is not None and not path.is_file():
+            out.append(f"{var}: file {str(path)!r} does not exist or is not a regular file")
+    return out
+
+
+def _kafka_problems(k: KafkaSettings) -> list[str]:
+    proto = k.security_protocol
+    out = []
+    sasl_set = {
+        "URBAN_KAFKA__SASL_MECHANISM": k.sasl_mechanism,
+        "URBAN_KAFKA__SASL_USERNAME": k.sasl_username,
+        "URBAN_KAFKA__SASL_PASSWORD": k.sasl_password,
+    }
+    ssl_set = {
+        "URBAN_KAFKA__SSL_CAFILE": k.ssl_cafile,
+        "URBAN_KAFKA__SSL_CERTFILE": k.ssl_certfile,
+        "URBAN_KAFKA__SSL_KEYFILE": k.ssl_keyfile,
+    }
+    if proto.startswith("SASL"):
+        out += [
+            f"{var} is required with URBAN_KAFKA__SECURITY_PROTOCOL={proto}"
+            for var in ("URBAN_KAFKA__SASL_USERNAME", "URBAN_KAFKA__SASL_PASSWORD")
+            if sasl_set[var] is None
+        ]
+    else:
+        # Credentials that would silently not be used: refuse rather than run unauthenticated.
+        out += [
+            f"{var} is set but URBAN_KAFKA__SECURITY_PROTOCOL={proto} does not use SASL "
+            "(use SASL_PLAINTEXT or SASL_SSL)"
+            for var, value in sasl_set.items()
+            if value is not None
+        ]
+    if not proto.endswith("SSL"):
+        out += [
+            f"{var} is set but URBAN_KAFKA__SECURITY_PROTOCOL={proto} does not use TLS (use SSL or SASL_SSL)"
+            for var, value in ssl_set.items()
+            if value is not None
+        ]
+    if (k.ssl_certfile is None) != (k.ssl_keyfile is None):
+        out.append("URBAN_KAFKA__SSL_CERTFILE and URBAN_KAFKA__SSL_KEYFILE must be set together")
+    return out + _file_problems(ssl_set)
+
+
+def _mqtt_problems(m: MqttSettings) -> list[str]:
+    out = []
+    root = m.topic_root
+    if not root or "+" in root or "#" in root or root.startswith("/") or root.endswith("/"):
+        out.append(f"URBAN_MQTT__TOPIC_ROOT: expected a topic prefix without wildcards, got {root!r}")
+    if m.password is not None and m.username is None:
+        out.append("URBAN_MQTT__PASSWORD is set without URBAN_MQTT__USERNAME")
+    if (m.tls_cert is None) != (m.tls_key is None):
+        out.append("URBAN_MQTT__TLS_CERT and URBAN_MQTT__TLS_KEY must be set together")
+    return out + _file_problems(
+        {"URBAN_MQTT__TLS_CA": m.tls_ca, "URBAN_MQTT__TLS_CERT": m.tls_cert, "URBAN_MQTT__TLS_KEY": m.tls_key}
+    )
+
+
+# -- variable names, secrets and error messages --------------------------------------------------
+
+
+def env_var(*loc: str) -> str:
+    """The environment variable of a setting.
+
+    >>> env_var("window", "size_ms")
+    'URBAN_WINDOW__SIZE_MS'
+    """
+    return ENV_PREFIX + ENV_NESTED_DELIMITER.join(part.upper() for part in loc)
+
+
+def _is_secret(annotation: Any) -> bool:
+    return annotation is SecretStr or any(_is_secret(a) for a in get_args(annotation))
+
+
+def _section(annotation: Any) -> type[BaseModel] | None:
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def secret_settings(model: type[BaseModel] | None = None, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Paths of every secret (``SecretStr``) setting, e.g. ``("influx", "token")``.
+
+    >>> ("kafka", "sasl_password") in secret_settings()
+    True
+    """
+    out: list[tuple[str, ...]] = []
+    for name, field in (model or Settings).model_fields.items():
+        sub = _section(field.annotation)
+        if sub is not None:
+            out += secret_settings(sub, (*prefix, name))
+        elif _is_secret(field.annotation):
+            out.append((*prefix, name))
+    return out
+
+
+def _locate(loc: tuple[int | str, ...], model: type[BaseModel]) -> tuple[str, bool, bool]:
+    """``(variable, known, secret)`` for an error location; ``("", ...)`` for a whole-model error."""
+    names: list[str] = []
+    current: type[BaseModel] | None = model
+    known, secret = True, False
+    for item in loc:
+        if not isinstance(item, str):
+            break
+        if current is None or item not in current.model_fields:
+            if current is not None:  # an unknown setting in a section (a typo): never show its value
+                names.append(item)
+                known = False
+            break
+        names.append(item)
+        annotation = current.model_fields[item].annotation
+        secret = _is_secret(annotation)
+        current = _section(annotation)
+    return (env_var(*names) if names else ""), known, secret
+
+
+def describe_validation_error(exc: ValidationError, model: type[BaseModel]) -> str:
+    """One line per problem, naming the ``URBAN_...`` variable; values of secrets are never shown.
+
+    Pydantic's own ``str(exc)`` repeats the raw input of whole-model errors, which holds every
+    secret set in the environment, so it must never be shown.
+    """
+    lines = []
+    for err in exc.errors(include_url=False, include_context=False, include_input=True):
+        var, known, secret = _locate(tuple(err["loc"]), model)
+        kind = err["type"]
+        msg = err["msg"].removeprefix("Value error, ") if kind == "value_error" else err["msg"]
+        if kind == "extra_forbidden":
+            msg = "not a known setting"
+            if var.endswith(SECRET_FILE_SUFFIX):
+                msg += f" (only secrets can be read from a file with {SECRET_FILE_SUFFIX})"
+        value = err.get("input")
+        shown = ""
+        if var and known and not secret and isinstance(value, str | int | float | bool):
+            text = repr(value)
+            shown = f" (got {text[:_MAX_SHOWN_INPUT] + '...' if len(text) > _MAX_SHOWN_INPUT else text})"
+        lines += [f"{var}: {msg}{shown}"] if var else msg.splitlines()
+    if len(lines) == 1:
+        return lines[0]
+    return f"{len(lines)} problems:\n  " + "\n  ".join(lines)
+
+
+def read_secret_file(variable: str, path: str) -> str:
+    """The secret held in ``path`` (one trailing line break removed).
+
+    Raises:
+        ConfigError: the file cannot be read or is empty; names ``variable`` and the path only.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        msg = f"{variable}: cannot read secret file {path!r}: {reason}"
+        raise ConfigError(msg) from None
+    value = text.removesuffix("\n").removesuffix("\r")
+    if not value:
+        msg = f"{variable}: secret file {path!r} is empty"
+        raise ConfigError(msg)
+    return value
+
+
+class _EnvWithSecretFiles(EnvSettingsSource):
+    """The environment, where any secret may instead be given as ``<VARIABLE>_FILE=<path>``."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        env = dict(super()._load_env_vars())
+        for loc in secret_settings(self.settings_cls):
+            var = env_var(*loc)
+            file_var = var + SECRET_FILE_SUFFIX
+            key, file_key = (var, file_var) if self.case_sensitive else (var.lower(), file_var.lower())
+            path = env.pop(file_key, None)
+            if path is None:
+                continue
+            if env.get(key) is not None:
+                msg = f"{var} and {file_var} are both set; set only one"
+                raise ConfigError(msg)
+            env[key] = read_secret_file(file_var, path)
+        return env
