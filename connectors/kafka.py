@@ -33,7 +33,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.deadletter import DeadLetter
 from streams.errors import UrbanSensingError
-from streams.settings import KafkaSettings
+from streams.settings import DEFAULT_SASL_MECHANISM, KafkaSettings
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,9 @@ def client_config(kafka: KafkaSettings) -> dict[str, Any]:
         kafka: the ``kafka`` settings section.
 
     Returns:
-        A librdkafka config dict; optional security keys are present only when set.
+        A librdkafka config dict; optional security keys are present only when set. With a SASL
+        protocol and no mechanism, ``PLAIN`` is set explicitly (librdkafka would pick GSSAPI,
+        Faust PLAIN). The dict holds the SASL password in clear: never log it.
 
     >>> client_config(KafkaSettings(bootstrap_servers="k:9092"))
     {'bootstrap.servers': 'k:9092', 'security.protocol': 'PLAINTEXT'}
@@ -66,14 +68,18 @@ def client_config(kafka: KafkaSettings) -> dict[str, Any]:
         "bootstrap.servers": kafka.bootstrap_servers,
         "security.protocol": kafka.security_protocol,
     }
-    if kafka.sasl_mechanism is not None:
-        cfg["sasl.mechanism"] = kafka.sasl_mechanism
+    if kafka.sasl_mechanism is not None or kafka.security_protocol.startswith("SASL"):
+        cfg["sasl.mechanism"] = kafka.sasl_mechanism or DEFAULT_SASL_MECHANISM
     if kafka.sasl_username is not None:
         cfg["sasl.username"] = kafka.sasl_username
     if kafka.sasl_password is not None:
         cfg["sasl.password"] = kafka.sasl_password.get_secret_value()
     if kafka.ssl_cafile is not None:
         cfg["ssl.ca.location"] = str(kafka.ssl_cafile)
+    if kafka.ssl_certfile is not None:
+        cfg["ssl.certificate.location"] = str(kafka.ssl_certfile)
+    if kafka.ssl_keyfile is not None:
+        cfg["ssl.key.location"] = str(kafka.ssl_keyfile)
     return cfg
 
 

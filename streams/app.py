@@ -7,19 +7,26 @@ from typing import Any
 
 import faust
 
-from streams.settings import KafkaSettings, Settings
+from streams.settings import DEFAULT_SASL_MECHANISM, KafkaSettings, Settings
 
 
 def broker_credentials(kafka: KafkaSettings) -> faust.auth.Credentials | None:
-    """Faust/aiokafka credentials matching the confluent-kafka client configuration."""
+    """Faust/aiokafka credentials matching :func:`connectors.kafka.client_config`.
+
+    ``SSL``/``SASL_SSL`` get a verifying TLS context (system CAs, or ``ssl_cafile``; plus the
+    client certificate for mutual TLS); ``SASL_*`` get username, password and mechanism
+    (default ``PLAIN``, as for confluent-kafka). ``PLAINTEXT``: ``None``.
+    """
     ctx: ssl.SSLContext | None = None
     if kafka.security_protocol in ("SSL", "SASL_SSL"):
         ctx = ssl.create_default_context(cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None)
+        if kafka.ssl_certfile is not None:
+            ctx.load_cert_chain(str(kafka.ssl_certfile), str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None)
     if kafka.security_protocol.startswith("SASL"):
         return faust.SASLCredentials(
             username=kafka.sasl_username,
             password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
-            mechanism=kafka.sasl_mechanism or "PLAIN",
+            mechanism=kafka.sasl_mechanism or DEFAULT_SASL_MECHANISM,
             ssl_context=ctx,
         )
     if ctx is not None:
