@@ -8,12 +8,18 @@ client id) and acknowledgements are manual. A message is acknowledged only after
 report confirms its record, and acknowledgements go out in the order the messages arrived. A
 message whose record fails is never acknowledged, so the broker redelivers it. The same happens
 to messages that are still in flight when the connection drops or the bridge stops.
+
+Security: :func:`secure_client` applies username/password and TLS (verifying the broker's
+certificate and host name) to any paho client. A broker that refuses the credentials, or whose
+certificate does not verify, stops the bridge with :class:`MqttConnectError` naming the broker
+and the variables to check; other connection failures are retried with backoff.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import ssl
 import threading
 import time
 from collections import deque
@@ -47,6 +53,65 @@ def wall_clock_ms() -> int:
 
 class BridgeDeliveryError(UrbanSensingError):
     """Kafka rejected a record after the producer's own retries (the bridge must restart)."""
+
+
+class MqttConnectError(UrbanSensingError):
+    """The MQTT broker refused the credentials or its TLS certificate did not verify.
+
+    Retrying cannot help, so the bridge stops. The message names the broker and the settings to
+    check, never the password.
+    """
+
+
+#: CONNACK reasons that mean "these credentials will never be accepted" (MQTT 5 numbering, which
+#: paho also uses for 3.1.1): bad user name or password, not authorized, bad authentication method.
+_AUTH_REFUSED: Final = frozenset({134, 135, 140})
+
+
+def secure_client(client: paho.Client, mqtt: MqttSettings) -> None:
+    """Apply the credentials and TLS settings of ``mqtt`` to a paho client (before connecting).
+
+    TLS is on when ``mqtt.tls`` is true or a CA or client certificate is given. The broker's
+    certificate and host name are always verified: against ``tls_ca`` when set, else the system CAs.
+
+    Raises:
+        ConfigError: a TLS file cannot be loaded (names the variable, never the password).
+    """
+    if mqtt.username is not None:
+        password = mqtt.password.get_secret_value() if mqtt.password is not None else None
+        client.username_pw_set(mqtt.username, password)
+    if mqtt.tls or mqtt.tls_ca is not None or mqtt.tls_cert is not None:
+        try:
+            client.tls_set(
+                ca_certs=str(mqtt.tls_ca) if mqtt.tls_ca is not None else None,
+                certfile=str(mqtt.tls_cert) if mqtt.tls_cert is not None else None,
+                keyfile=str(mqtt.tls_key) if mqtt.tls_key is not None else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        except (OSError, ssl.SSLError) as exc:
+            msg = (
+                f"URBAN_MQTT__TLS_CA / URBAN_MQTT__TLS_CERT / URBAN_MQTT__TLS_KEY: cannot load the TLS files "
+                f"for mqtt broker {mqtt.host}:{mqtt.port}: {exc}"
+            )
+            raise ConfigError(msg) from exc
+
+
+class _ReportingClient(paho.Client):
+    """A paho client that reports why a (re)connection attempt failed.
+
+    paho swallows these errors in its network loop and only retries, so a TLS certificate that
+    never verifies would otherwise look like a broker that is merely down.
+    """
+
+    on_connect_error: Callable[[OSError], None] | None = None
+
+    def reconnect(self) -> paho.MQTTErrorCode:
+        try:
+            return super().reconnect()
+        except OSError as exc:
+            if self.on_connect_error is not None:
+                self.on_connect_error(exc)
+            raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +220,7 @@ class MqttBridge:
         poll_interval_s: how long :meth:`run` blocks in each ``producer.poll``.
 
     Raises:
-        ConfigError: the topic root holds wildcards or TLS files are incomplete.
+        ConfigError: the topic root holds wildcards or TLS files are incomplete or unreadable.
     """
 
     def __init__(
@@ -196,6 +261,7 @@ class MqttBridge:
         self._pending: deque[_Pending] = deque()
         self._counts = {"received": 0, "forwarded": 0, "dead_lettered": 0, "errors": 0}
         self._failure: KafkaError | None = None
+        self._fatal: MqttConnectError | None = None
         self._closing = False
         self._closed = False
         self._started = False
@@ -211,9 +277,8 @@ class MqttBridge:
             max_payload_bytes=settings.max_payload_bytes,
         )
 
-    @staticmethod
-    def _make_client(mqtt: MqttSettings) -> paho.Client:
-        client = paho.Client(
+    def _make_client(self, mqtt: MqttSettings) -> paho.Client:
+        client = _ReportingClient(
             CallbackAPIVersion.VERSION2,
             client_id=mqtt.client_id,
             clean_session=False,
@@ -221,16 +286,18 @@ class MqttBridge:
             manual_ack=True,
         )
         client.reconnect_delay_set(min_delay=RECONNECT_MIN_DELAY_S, max_delay=RECONNECT_MAX_DELAY_S)
-        if mqtt.username is not None:
-            password = mqtt.password.get_secret_value() if mqtt.password is not None else None
-            client.username_pw_set(mqtt.username, password)
-        if mqtt.tls_ca is not None or mqtt.tls_cert is not None:
-            client.tls_set(
-                ca_certs=str(mqtt.tls_ca) if mqtt.tls_ca is not None else None,
-                certfile=str(mqtt.tls_cert) if mqtt.tls_cert is not None else None,
-                keyfile=str(mqtt.tls_key) if mqtt.tls_key is not None else None,
-            )
+        secure_client(client, mqtt)
+        client.on_connect_error = self._on_connect_error
         return client
+
+    @property
+    def _broker(self) -> str:
+        return f"{self._mqtt.host}:{self._mqtt.port}"
+
+    def _stop_for(self, msg: str) -> None:
+        logger.error("%s", msg)
+        if self._fatal is None:
+            self._fatal = MqttConnectError(msg)
 
     @property
     def counters(self) -> BridgeCounters:
@@ -266,6 +333,7 @@ class MqttBridge:
 
         Raises:
             BridgeDeliveryError: Kafka failed a record (its MQTT message stays unacknowledged).
+            MqttConnectError: the broker refused the credentials or its certificate did not verify.
         """
         m = self._mqtt
         self._client.connect_async(m.host, m.port, keepalive=m.keepalive_s)
@@ -283,6 +351,8 @@ class MqttBridge:
         try:
             while not stop_event.is_set():
                 self._producer.poll(self._poll_interval_s)
+                if self._fatal is not None:
+                    raise self._fatal
                 failure = self._failure
                 if failure is not None:
                     msg = f"kafka delivery failed: {failure.str()} (code {failure.code()})"
@@ -326,7 +396,17 @@ class MqttBridge:
         properties: Any,
     ) -> None:
         if reason_code.is_failure:
-            logger.error("mqtt connect refused host=%s reason=%s", self._mqtt.host, reason_code)
+            if reason_code.value in _AUTH_REFUSED:
+                m = self._mqtt
+                who = (
+                    f"as user {m.username!r}; check URBAN_MQTT__USERNAME and URBAN_MQTT__PASSWORD"
+                    if m.username is not None
+                    else "without credentials; set URBAN_MQTT__USERNAME and URBAN_MQTT__PASSWORD"
+                )
+                self._stop_for(f"mqtt broker {self._broker} refused the connection: {reason_code} ({who})")
+                client.disconnect()  # no point retrying the same credentials
+                return
+            logger.error("mqtt connect refused broker=%s reason=%s (retrying)", self._broker, reason_code)
             return
         with self._lock:
             # Acks only make sense on the connection that received the message; whatever is
@@ -341,6 +421,15 @@ class MqttBridge:
             sub,
             self._mqtt.qos,
         )
+
+    def _on_connect_error(self, exc: OSError) -> None:
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            self._stop_for(
+                f"mqtt broker {self._broker}: TLS certificate verification failed: {exc.verify_message} "
+                "(check URBAN_MQTT__TLS_CA and that URBAN_MQTT__HOST matches the certificate)"
+            )
+            return
+        logger.warning("mqtt connect failed broker=%s error=%s (retrying)", self._broker, exc)
 
     def _on_subscribe(
         self,
