@@ -152,3 +152,85 @@ def run_influxd(workdir: Path) -> Iterator[Service]:
     finally:
         svc.stop()
         log.close()
+
+
+# --------------------------------------------------------------------------------------------
+# A secured Mosquitto: password file, no anonymous access, a TLS listener with a test CA (added).
+
+
+@dataclass
+class Pki:
+    """A throwaway CA and a server certificate for 127.0.0.1/localhost, made with the openssl CLI."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_test_pki(workdir: Path, name: str = "pki") -> Pki:
+    """Generate a CA and a server certificate signed by it (EC P-256, valid two days)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        missing("openssl (apt-get install -y openssl)")
+    d = workdir / name
+    d.mkdir(parents=True, exist_ok=True)
+    ext = d / "server.ext"
+    ext.write_text(
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+    )
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    steps = [
+        [openssl, "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+         "-subj", f"/CN=UrbanSense test CA {name}",
+         "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        [openssl, "req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"],
+        [openssl, "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+         "-out", "server.pem", "-days", "2", "-extfile", str(ext)],
+    ]
+    for cmd in steps:
+        done = subprocess.run(cmd, cwd=d, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            pytest.fail(f"openssl failed: {' '.join(cmd[1:3])}: {done.stderr[-1000:]}")
+    return Pki(ca=d / "ca.pem", cert=d / "server.pem", key=d / "server.key")
+
+
+@dataclass
+class SecureMosquitto:
+    """A Mosquitto that refuses anonymous clients: ``port`` (plain TCP) and ``tls_port`` both need a password."""
+
+    service: Service
+    port: int
+    tls_port: int
+    pki: Pki
+    users: dict[str, str]
+
+
+@contextlib.contextmanager
+def run_secure_mosquitto(workdir: Path, users: dict[str, str]) -> Iterator[SecureMosquitto]:
+    """Mosquitto with ``password_file`` (from ``mosquitto_passwd -b -c``), ``allow_anonymous false``
+    and a TLS listener whose server certificate is signed by a CA generated for this run."""
+    passwd = shutil.which("mosquitto_passwd")
+    if passwd is None:
+        missing("mosquitto_passwd (Debian package mosquitto)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    pki = make_test_pki(workdir)
+    pwfile = workdir / "mosquitto.passwd"
+    for i, (user, password) in enumerate(users.items()):
+        flags = ["-b", "-c"] if i == 0 else ["-b"]
+        subprocess.run([passwd, *flags, str(pwfile), user, password], check=True, capture_output=True)
+    pwfile.chmod(0o600)
+    tls_port = free_port()
+    conf = (
+        "per_listener_settings false\nallow_anonymous false\n"
+        f"password_file {pwfile}\n"
+        # As root, mosquitto would drop to its own user, which cannot read pytest's private tmp dir.
+        + ("user root\n" if os.geteuid() == 0 else "")
+        + f"listener {tls_port} 127.0.0.1\ncafile {pki.ca}\ncertfile {pki.cert}\nkeyfile {pki.key}\n"
+        "require_certificate false\n"
+    )
+    with run_mosquitto(workdir, extra_conf=conf) as svc:
+        if not wait_port(tls_port):
+            log = (workdir / f"mosquitto-{svc.port}.log").read_text(errors="replace")
+            pytest.fail(f"mosquitto TLS listener did not listen on {tls_port}: {log[-2000:]}")
+        yield SecureMosquitto(svc, svc.port, tls_port, pki, dict(users))
