@@ -107,6 +107,7 @@ def publish_mqtt(
     qos: int = 1,
     username: str | None = None,
     password: str | None = None,
+    security: Any = None,
     rate_per_s: float | None = None,
     max_inflight: int = 100,
     keepalive_s: int = 30,
@@ -128,6 +129,8 @@ def publish_mqtt(
         qos: 0, 1 or 2.
         username: optional user name.
         password: optional password (plain string; unwrap ``SecretStr`` at the entrypoint).
+        security: :class:`~streams.settings.MqttSettings` whose credentials and TLS settings are
+            applied (:func:`connectors.mqtt.secure_client`); overrides ``username``/``password``.
         rate_per_s: messages per second, or ``None`` for as fast as possible.
         max_inflight: bound of unacknowledged messages (>= 1).
         keepalive_s: MQTT keepalive.
@@ -152,7 +155,11 @@ def publish_mqtt(
     pacer = Pacer(rate_per_s, clock=clock, sleep=sleep)
 
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
-    if username is not None:
+    if security is not None:
+        from connectors.mqtt import secure_client
+
+        secure_client(client, security)
+    elif username is not None:
         client.username_pw_set(username, password)
     client.max_inflight_messages_set(max_inflight)
     # Our window below is the real bound; paho's queue limit is a backstop with headroom.

@@ -136,8 +136,7 @@ def _sink(
             port=m.port,
             client_id=f"{m.client_id}-sim-{seed}",
             qos=m.qos,
-            username=m.username,
-            password=m.password.get_secret_value() if m.password else None,
+            security=m,  # username/password and TLS, as the bridge connects
         )
     if transport == "kafka":
         from simulators.publish import publish_kafka
@@ -439,8 +438,7 @@ def run_replay(
             "port": m.port,
             "client_id": f"{m.client_id}-replay",
             "qos": m.qos,
-            "username": m.username,
-            "password": m.password.get_secret_value() if m.password else None,
+            "security": m,
         },
         kafka_config=producer_config(settings.kafka),
         kafka_topic=settings.kafka.readings_topic,

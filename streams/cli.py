@@ -73,6 +73,9 @@ def register_commands(app: faust.App, settings: Settings) -> None:
         b = MqttBridge.from_settings(settings)
         try:
             b.run(stop)
+        except UrbanSensingError as exc:  # refused credentials, untrusted certificate: say so, no traceback
+            click.echo(f"urbansense bridge: {exc}", err=True)
+            raise SystemExit(2) from None
         finally:
             b.close()
             logger.info("bridge stopped counters=%s", b.counters)
