@@ -32,6 +32,20 @@ the integer fields ``count`` and ``windows``, else a float.
 
 Every query function returns a generator: large results are streamed from the server
 (InfluxQL ``chunked=true``, Flux ``query_stream``, SQLite cursors), never loaded at once.
+
+**Zone roll-ups.** A downsampled zone query (``zone`` set; no sensor, kind, window size or
+``group_by``) whose ``every`` equals the period of a zone roll-up (``zone_5m``, ``zone_1h``, see
+:mod:`connectors.retention`) is answered from that roll-up, in every store, when the aggregate
+is one the roll-up holds (:data:`ZONE_ROLLUP_ANSWERS`: ``mean, count, p50, p90, p95, p99`` of
+``mean``; ``min`` of ``min``, ``max`` of ``max``, ``sum`` of ``count`` or ``sum``). The roll-up
+holds the same reduction over the same windows, so the numbers are the ones the windows give
+(percentiles, min, max and counts exactly; means and sums to about 1e-12 in InfluxDB, which
+may add the series in another order). Buckets the roll-up cannot answer come from the windows:
+a partial first or last bucket, and every bucket from the newest roll-up period minus the
+resample span on (the periods a late window may still change). A period the roll-up job never
+computed (the job was down and no backfill ran) is missing from the answer; pass
+``rollups=False`` to read the windows only. ``agg=p95`` is always the p95 of the sensors'
+window means; the p95 of the readings of a zone window is the ``p95`` field of ``zone_agg``.
 """
 
 from __future__ import annotations
@@ -49,7 +63,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, tzinfo
 from itertools import islice
 from pathlib import Path
@@ -61,7 +75,16 @@ from influxdb_client.client.influxdb_client import InfluxDBClient
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from connectors.lineprotocol import AGG_MEASUREMENT, ALERT_MEASUREMENT
-from connectors.retention import ROLLUP_FIELDS, ROLLUPS, rollup_target
+from connectors.retention import (
+    ROLLUP_FIELDS,
+    ROLLUPS,
+    ZONE_PERCENTILES,
+    ZONE_ROLLUP_FIELDS,
+    ZONE_ROLLUPS,
+    resample_ms,
+    rollup_period_ms,
+    rollup_target,
+)
 from streams.errors import SinkError, UrbanSensingError
 from streams.schema import format_ts
 
@@ -71,7 +94,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Agg = Literal["mean", "min", "max", "sum", "count", "p50", "p90", "p95", "p99"]
-Source = Literal["window", "1h", "1d"]
+Source = Literal["window", "1h", "1d", "zone_5m", "zone_1h"]
 GroupBy = Literal["sensor_id", "zone", "kind"]
 Kind = Literal["traffic", "environment", "crowd", "iot"]
 OutputFormat = Literal["table", "csv", "json", "ndjson"]
@@ -250,9 +273,12 @@ class HistoryQuery:
         kind: filter by feed kind.
         window_size_ms: filter by window size (when extra windows are configured).
         group_by: with ``every_ms``: one series per value of this tag.
-        source: ``window`` (the window aggregates) or a roll-up (``1h``, ``1d``).
+        source: ``window`` (the window aggregates), a roll-up (``1h``, ``1d``) or a zone
+            roll-up (``zone_5m``, ``zone_1h``: needs ``zone``; rows of that zone and metric).
         columns: fields of the stored rows returned without ``every_ms``.
         limit: stop after this many rows (None: all).
+        rollups: with ``source="window"``: answer from a zone roll-up where it gives the same
+            numbers (see the module docs); False reads the windows only.
     """
 
     sensor_id: str | None
@@ -269,6 +295,7 @@ class HistoryQuery:
     source: Source = "window"
     columns: tuple[str, ...] = RAW_COLUMNS[1:]
     limit: int | None = None
+    rollups: bool = True
 
     def __post_init__(self) -> None:
         if self.sensor_id == "" or not self.metric:
@@ -285,7 +312,13 @@ class HistoryQuery:
         if self.source not in get_args(Source):
             msg = f"history query: expected source in {get_args(Source)}, got {self.source!r}"
             raise ValueError(msg)
-        allowed = NUMERIC_FIELDS if self.source == "window" else ROLLUP_FIELDS
+        allowed = {"window": NUMERIC_FIELDS, **dict.fromkeys(ZONE_ROLLUPS, ZONE_ROLLUP_FIELDS)}.get(
+            self.source, ROLLUP_FIELDS
+        )
+        if self.source in ZONE_ROLLUPS and (self.zone is None or self.sensor_id or self.kind or self.window_size_ms):
+            msg = f"history query: source {self.source} is per zone and metric: expected a zone and no sensor, kind or "
+            msg += f"window size, got zone={self.zone!r} sensor_id={self.sensor_id!r} kind={self.kind!r}"
+            raise ValueError(msg)
         if self.field not in allowed:
             msg = f"history query: expected field in {allowed}, got {self.field!r}"
             raise ValueError(msg)
@@ -308,7 +341,7 @@ class HistoryQuery:
     @property
     def per_sensor(self) -> bool:
         """Stored rows carry ``sensor_id`` (the query does not pin one sensor)."""
-        return self.sensor_id is None and self.every_ms is None
+        return self.sensor_id is None and self.every_ms is None and self.source not in ZONE_ROLLUPS
 
     def tag_filters(self) -> list[tuple[str, str]]:
         """(tag, value) pairs every row must match, in a fixed order."""
@@ -419,8 +452,8 @@ def _reduce(agg: str, values: Sequence[Any]) -> Any:
 # --- SQLite -------------------------------------------------------------------------------------
 
 
-def _sqlite_table(q: HistoryQuery) -> str:
-    return AGG_MEASUREMENT if q.source == "window" else ROLLUPS[q.source][0]
+def _measurement(q: HistoryQuery) -> str:
+    return AGG_MEASUREMENT if q.source == "window" else (ROLLUPS | ZONE_ROLLUPS)[q.source][0]
 
 
 def _sql_where(
@@ -475,7 +508,7 @@ def _cursor_rows(cur: sqlite3.Cursor) -> Iterator[Sequence[Any]]:
 def sqlite_series(path: str | Path, q: HistoryQuery) -> Iterator[Row]:
     """Stream a series query from the embedded store (read-only; the worker keeps writing)."""
     with _sqlite_ro(Path(path)) as conn:
-        table = _sqlite_table(q)
+        table = _measurement(q)
         if conn is None or not _has_table(conn, table):
             return
         where, args = _sql_where(q.tag_filters(), "start_ms", q.since_ms, q.until_ms)
@@ -653,7 +686,7 @@ def _influxql_source(q: HistoryQuery) -> str:
         return influxql_ident(AGG_MEASUREMENT)
     from connectors.retention import RP_ROLLUP
 
-    return f"{influxql_ident(RP_ROLLUP)}.{influxql_ident(ROLLUPS[q.source][0])}"
+    return f"{influxql_ident(RP_ROLLUP)}.{influxql_ident(_measurement(q))}"
 
 
 def build_influxql(q: HistoryQuery) -> str:
@@ -851,8 +884,7 @@ def build_flux(bucket: str, q: HistoryQuery) -> str:
     Bucket times come from window starts; :func:`flux_series` re-aligns the first bucket to the
     epoch grid because Flux truncates it at ``range(start:)``.
     """
-    measurement = AGG_MEASUREMENT if q.source == "window" else ROLLUPS[q.source][0]
-    head = _flux_head(bucket, measurement, q.tag_filters(), q.since_ms, q.until_ms)
+    head = _flux_head(bucket, _measurement(q), q.tag_filters(), q.since_ms, q.until_ms)
     if q.every_ms is None:
         fields = " or ".join(f'r._field == "{c}"' for c in q.columns)
         key = ["sensor_id"] if q.per_sensor else []
@@ -979,19 +1011,91 @@ def _limited(rows: Iterator[Row], limit: int | None) -> Iterator[Row]:
             close()  # stop reading from the server
 
 
+#: (agg, field) of a zone query -> the zone roll-up field that holds the bucket's value.
+ZONE_ROLLUP_ANSWERS: Final[dict[tuple[str, str], str]] = {
+    ("mean", "mean"): "mean",
+    ("count", "mean"): "windows",
+    **{(f"p{p}", "mean"): f"p{p}" for p in ZONE_PERCENTILES},
+    ("min", "min"): "min",
+    ("max", "max"): "max",
+    ("sum", "count"): "count",
+    ("sum", "sum"): "sum",
+}
+
+
+@dataclass(frozen=True)
+class RollupPlan:
+    """A zone roll-up that answers the whole periods ``[since_ms, until_ms)`` of a query."""
+
+    name: str
+    column: str
+    since_ms: int
+    until_ms: int
+
+
+def zone_rollup_plan(q: HistoryQuery) -> RollupPlan | None:
+    """The zone roll-up that can answer ``q``'s whole buckets, or None (read the windows).
+
+    Example:
+        >>> zone_rollup_plan(HistoryQuery(None, "pm25", 60_000, 3_700_000, every_ms=300_000, agg="p95", zone="z"))
+        RollupPlan(name='zone_5m', column='p95', since_ms=300000, until_ms=3600000)
+        >>> zone_rollup_plan(HistoryQuery(None, "pm25", 0, 3_600_000, every_ms=600_000, agg="p95", zone="z")) is None
+        True
+    """
+    if not q.rollups or q.source != "window" or q.every_ms is None or q.zone is None:
+        return None
+    if q.sensor_id is not None or q.kind is not None or q.window_size_ms is not None or q.group_by is not None:
+        return None
+    column = ZONE_ROLLUP_ANSWERS.get((q.agg, q.field))
+    name = next((n for n, (_, period_ms) in ZONE_ROLLUPS.items() if period_ms == q.every_ms), None)
+    if column is None or name is None:
+        return None
+    since = -(-q.since_ms // q.every_ms) * q.every_ms
+    until = q.until_ms // q.every_ms * q.every_ms
+    return RollupPlan(name, column, since, until) if since < until else None
+
+
+def _store_series(settings: Settings, q: HistoryQuery) -> Iterator[Row]:
+    cfg = settings.influx
+    if not cfg.url:
+        return sqlite_series(settings.store.path, q)
+    if cfg.version == 1:
+        return influxql_series(cfg, q)
+    return flux_series(settings, q)
+
+
+def _zone_rollup_series(settings: Settings, q: HistoryQuery, plan: RollupPlan) -> Iterator[Row]:
+    """Buckets of a zone query: whole, final periods from the roll-up, the rest from the windows."""
+    stored = HistoryQuery(None, q.metric, plan.since_ms, plan.until_ms, zone=q.zone, source=plan.name,  # type: ignore[arg-type]
+                          columns=(plan.column,))  # fmt: skip
+    rows = list(_store_series(settings, stored))
+    # The newest periods may still change (a late window, a roll-up run to come): read them from the windows.
+    newest_end = rows[-1]["time_ms"] + rollup_period_ms(plan.name) if rows else 0
+    final = min(plan.until_ms, newest_end - resample_ms(plan.name))
+    windows = replace(q, rollups=False, limit=None)
+    if final <= plan.since_ms:
+        yield from _store_series(settings, windows)
+        return
+    logger.debug("history zone=%s metric=%s from %s until_ms=%d", q.zone, q.metric, plan.name, final)
+    if q.since_ms < plan.since_ms:
+        yield from _store_series(settings, replace(windows, until_ms=plan.since_ms))
+    for r in rows:
+        if r["time_ms"] >= final:
+            break
+        if r[plan.column] is not None:
+            yield _bucket_row(q, r["time_ms"], None, r[plan.column])
+    if final < q.until_ms:
+        yield from _store_series(settings, replace(windows, since_ms=final))
+
+
 def iter_series(settings: Settings, q: HistoryQuery) -> Iterator[Row]:
-    """Stream a series query from the store the settings select.
+    """Stream a series query from the store the settings select (zone roll-ups where they answer it).
 
     Raises:
         SinkError: the store could not be read.
     """
-    cfg = settings.influx
-    if not cfg.url:
-        rows = sqlite_series(settings.store.path, q)
-    elif cfg.version == 1:
-        rows = influxql_series(cfg, q)
-    else:
-        rows = flux_series(settings, q)
+    plan = zone_rollup_plan(q)
+    rows = _store_series(settings, q) if plan is None else _zone_rollup_series(settings, q, plan)
     return _limited(rows, q.limit)
 
 
@@ -1239,8 +1343,9 @@ class SeriesParams(TimeParams):
     agg: Agg = Field("mean", description="How a bucket reduces field.")
     field: str = Field("mean", description="Field to reduce: " + ", ".join(NUMERIC_FIELDS) + ".")
     group_by: GroupBy | None = Field(None, description="With every: one series per sensor_id, zone or kind.")
-    source: Source = Field("window", description="window aggregates, or the 1h / 1d roll-ups.")
+    source: Source = Field("window", description="window aggregates, the 1h / 1d roll-ups or the zone roll-ups.")
     limit: int | None = Field(None, ge=1, description="Most rows returned.")
+    rollups: bool = Field(True, description="Answer zone queries from the zone roll-ups where they hold the answer.")
 
     def to_query(self, now_ms: int, limits: Limits = CLI_LIMITS) -> HistoryQuery:
         """The validated query; ValueError names the offending parameter."""
@@ -1256,7 +1361,7 @@ class SeriesParams(TimeParams):
         limit = self.limit if self.limit is not None else limits.max_rows
         return HistoryQuery(self.sensor, self.metric, since, until, every_ms=every_ms, agg=self.agg, field=self.field,
                             zone=self.zone, kind=self.kind, window_size_ms=_window_size(self.window_size),
-                            group_by=self.group_by, source=self.source, limit=limit)  # fmt: skip
+                            group_by=self.group_by, source=self.source, limit=limit, rollups=self.rollups)  # fmt: skip
 
 
 class TopParams(TimeParams):
@@ -1387,6 +1492,7 @@ __all__ = [
     "parse_instant",
     "query_history",
     "run_history_cli",
+    "zone_rollup_plan",
     "top_zones",
     "write_rows",
 ]

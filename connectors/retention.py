@@ -20,6 +20,15 @@ A roll-up point holds, per series (all ``window_agg`` tags) and period (time = p
 roll-ups are computed from ``window_agg`` (never the daily from the hourly), so their ``mean``
 is the same number a downsampled query (``--every 1h --agg mean``) gives.
 
+Zone roll-ups (``window_agg_zone_5m``, ``window_agg_zone_1h``; same place as the roll-ups) hold
+the same fields per (``zone``, ``metric``) and period, over *every* window of that zone and
+metric (all sensors, kinds and window sizes: exactly the windows a zone query reads), plus
+``p50, p90, p95, p99``: InfluxQL's nearest-rank percentiles of the window means. They are the
+numbers a zone query over ``window_agg`` with ``every`` = the period gives (``agg=p95``: the p95
+of the sensors' window means, *not* the p95 of readings that ``zone_agg`` carries), which is
+how :mod:`connectors.history` answers such queries from them. Zone roll-ups recompute at least
+the last hour (:func:`resample_ms`), so windows up to an hour late still count.
+
 * **InfluxDB 1.x**: retention policies and continuous queries (``RESAMPLE FOR 2h`` / ``2d``, so
   windows closed after the period ended still count). The writer writes to the default RP,
   which :func:`ensure_schema` makes ``urban_agg``; data written earlier into ``autogen`` stays
@@ -28,6 +37,10 @@ is the same number a downsampled query (``--every 1h --agg mean``) gives.
   ``-1d``), created or updated through influxdb-client.
 * **SQLite**: roll-up tables filled by :func:`sqlite_maintenance` (a periodic job; the first
   run backfills), which also deletes rows past their retention.
+
+Continuous queries and tasks only see windows that arrive within the resample span; after a
+replay or a long outage, :func:`backfill` (1.x) or a maintenance run from an earlier mark
+recomputes older periods.
 """
 
 from __future__ import annotations
@@ -73,6 +86,33 @@ RP_AGG: Final = "urban_agg"
 RP_ROLLUP: Final = "urban_rollup"
 #: How far back each roll-up run recomputes (late windows are still counted).
 RESAMPLE_PERIODS: Final = 2
+#: Zone roll-up name -> (measurement, period in ms). One point per (zone, metric) and period.
+ZONE_ROLLUPS: Final[dict[str, tuple[str, int]]] = {
+    "zone_5m": (f"{AGG_MEASUREMENT}_zone_5m", 300_000),
+    "zone_1h": (f"{AGG_MEASUREMENT}_zone_1h", 3_600_000),
+}
+ZONE_ROLLUP_TAGS: Final = ("zone", "metric")
+ZONE_PERCENTILES: Final = (50, 90, 95, 99)
+ZONE_ROLLUP_FLOAT_FIELDS: Final = (*ROLLUP_FLOAT_FIELDS, *(f"p{p}" for p in ZONE_PERCENTILES))
+ZONE_ROLLUP_FIELDS: Final = (*ROLLUP_FIELDS, *(f"p{p}" for p in ZONE_PERCENTILES))
+#: Zone roll-ups recompute at least this far back on every run.
+ZONE_RESAMPLE_MS: Final = 3_600_000
+
+
+def rollup_period_ms(name: str) -> int:
+    """The period of roll-up ``name`` (``1h``, ``1d``, ``zone_5m``, ``zone_1h``)."""
+    return (ROLLUPS | ZONE_ROLLUPS)[name][1]
+
+
+def resample_ms(name: str) -> int:
+    """How far back each run of roll-up ``name`` recomputes; older periods are final.
+
+    Example:
+        >>> resample_ms("1h"), resample_ms("zone_5m"), resample_ms("zone_1h")
+        (7200000, 3600000, 7200000)
+    """
+    span = RESAMPLE_PERIODS * rollup_period_ms(name)
+    return max(span, ZONE_RESAMPLE_MS) if name in ZONE_ROLLUPS else span
 
 
 
@@ -127,12 +167,14 @@ def _influx_duration(d: timedelta) -> str:
     ms = _ms(d)
     if ms % 3_600_000 == 0:
         return f"{ms // 3_600_000}h"
+    if ms % 60_000 == 0:
+        return f"{ms // 60_000}m"
     return f"{ms}ms"
 
 
 def rollup_target(settings: Settings, name: str) -> tuple[str, str]:
-    """Where roll-up ``name`` lives: (InfluxDB 1.x RP or 2.x bucket, measurement)."""
-    measurement = ROLLUPS[name][0]
+    """Where roll-up ``name`` (a series or zone roll-up) lives: (1.x RP or 2.x bucket, measurement)."""
+    measurement = (ROLLUPS | ZONE_ROLLUPS)[name][0]
     if settings.influx.version == 1:
         return RP_ROLLUP, measurement
     return f"{settings.influx.bucket}_rollup", measurement
@@ -232,15 +274,24 @@ def ensure_schema(settings: Settings, *, now_ms: int | None = None) -> SchemaRep
 def _rollup_select(name: str, source_rp: str, into_rp: str) -> str:
     from connectors.history import influxql_ident as ident
 
-    measurement, _ = ROLLUPS[name]
+    measurement, _ = (ROLLUPS | ZONE_ROLLUPS)[name]
     calls = (
         'sum("count") AS "count", sum("sum") AS "sum", mean("mean") AS "mean", '
         'min("min") AS "min", max("max") AS "max", count("mean") AS "windows"'
     )
+    if name in ZONE_ROLLUPS:
+        calls += "".join(f', percentile("mean", {p}) AS "p{p}"' for p in ZONE_PERCENTILES)
     return (
         f"SELECT {calls} INTO {ident(into_rp)}.{ident(measurement)} "  # noqa: S608 - constants, quoted
         f"FROM {ident(source_rp)}.{ident(AGG_MEASUREMENT)}"
     )
+
+
+def _rollup_group(name: str) -> str:
+    """``GROUP BY`` of roll-up ``name``: per period and series (``*``), or per zone and metric."""
+    every = _influx_duration(timedelta(milliseconds=rollup_period_ms(name)))
+    tags = ", ".join(f'"{t}"' for t in ZONE_ROLLUP_TAGS) if name in ZONE_ROLLUPS else "*"
+    return f"GROUP BY time({every}), {tags}"
 
 
 def continuous_queries(database: str) -> dict[str, str]:
@@ -252,17 +303,19 @@ def continuous_queries(database: str) -> dict[str, str]:
 sum("count") AS "count", sum("sum") AS "sum", mean("mean") AS "mean", min("min") AS "min", \
 max("max") AS "max", count("mean") AS "windows" INTO "urban_rollup"."window_agg_1h" FROM \
 "urban_agg"."window_agg" GROUP BY time(1h), * END
+        >>> print(continuous_queries("db")["urban_rollup_zone_5m"].split(" AS ")[-1])
+        "p99" INTO "urban_rollup"."window_agg_zone_5m" FROM "urban_agg"."window_agg" \
+GROUP BY time(5m), "zone", "metric" END
     """
     from connectors.history import influxql_ident as ident
 
     out = {}
-    for name, (_, period_ms) in ROLLUPS.items():
-        every = _influx_duration(timedelta(milliseconds=period_ms))
-        span = _influx_duration(timedelta(milliseconds=period_ms * RESAMPLE_PERIODS))
+    for name in (*ROLLUPS, *ZONE_ROLLUPS):
+        span = _influx_duration(timedelta(milliseconds=resample_ms(name)))
         cq = f"urban_rollup_{name}"
         out[cq] = (
             f"CREATE CONTINUOUS QUERY {ident(cq)} ON {ident(database)} RESAMPLE FOR {span} BEGIN "
-            f"{_rollup_select(name, RP_AGG, RP_ROLLUP)} GROUP BY time({every}), * END"
+            f"{_rollup_select(name, RP_AGG, RP_ROLLUP)} {_rollup_group(name)} END"
         )
     return out
 
@@ -272,11 +325,30 @@ def backfill_statement(name: str, since_ms: int, until_ms: int) -> str:
 
     Continuous queries only cover recent periods; this fills older ones (e.g. after a replay).
     """
-    every = _influx_duration(timedelta(milliseconds=ROLLUPS[name][1]))
     return (
         f"{_rollup_select(name, RP_AGG, RP_ROLLUP)} WHERE time >= {int(since_ms)}ms AND time < {int(until_ms)}ms "
-        f"GROUP BY time({every}), *"
+        f"{_rollup_group(name)}"
     )
+
+
+def backfill(cfg: InfluxSettings, names: Sequence[str], since_ms: int, until_ms: int, step_ms: int = 86_400_000) -> int:
+    """Run :func:`backfill_statement` for each roll-up, a day at a time, over the whole periods in the range.
+
+    Returns the points written.
+
+    Raises:
+        SinkError: a statement failed.
+    """
+    written = 0
+    for name in names:
+        period = rollup_period_ms(name)
+        step = max(step_ms // period, 1) * period
+        start, stop = -(-since_ms // period) * period, until_ms // period * period
+        while start < stop:
+            for series in _series(influxql_post(cfg, backfill_statement(name, start, min(start + step, stop)))):
+                written += sum(int(v[1]) for v in series.get("values", []))
+            start += step
+    return written
 
 
 def influxql_post(cfg: InfluxSettings, statement: str) -> list[dict[str, Any]]:
@@ -357,13 +429,16 @@ def ensure_influxql_schema(cfg: InfluxSettings, policy: RetentionSettings) -> li
 def rollup_task_flux(name: str, bucket: str, org: str) -> str:
     """The Flux of roll-up task ``name`` (``option task`` included).
 
-    It recomputes the last two whole periods, aligned to the epoch, so late windows count.
+    It recomputes the periods of the last :func:`resample_ms`, aligned to the epoch, so late
+    windows count. Zone roll-ups group by ``zone`` and ``metric`` and add the nearest-rank
+    percentiles of the window means (the rank trick of :func:`connectors.history.build_flux`).
     """
-    from connectors.history import flux_string
+    from connectors.history import _flux_reduce, flux_string
 
-    measurement, period_ms = ROLLUPS[name]
+    measurement, period_ms = (ROLLUPS | ZONE_ROLLUPS)[name]
+    zone = name in ZONE_ROLLUPS
     every = _influx_duration(timedelta(milliseconds=period_ms))
-    span = _influx_duration(timedelta(milliseconds=period_ms * RESAMPLE_PERIODS))
+    span = _influx_duration(timedelta(milliseconds=resample_ms(name)))
     parts = [
         ("count", "sum", "count"),
         ("sum", "sum", "sum"),
@@ -372,10 +447,12 @@ def rollup_task_flux(name: str, bucket: str, org: str) -> str:
         ("max", "max", "max"),
         ("mean", "count", "windows"),
     ]
+    group = f"  |> group(columns: [{', '.join(f'{t!r}' for t in ZONE_ROLLUP_TAGS)}])".replace("'", '"')
     lines = [
         'import "date"',
+        *(['import "math"'] if zone else []),
         "",
-        f'option task = {{name: "urbansense-rollup-{name}", every: {every}, offset: 5m}}',
+        f'option task = {{name: "urbansense-rollup-{name}", every: {every}, offset: {"1m" if zone else "5m"}}}',
         "",
         f"stop = date.truncate(t: now(), unit: {every})",
         f"start = date.sub(d: {span}, from: stop)",
@@ -388,8 +465,21 @@ def rollup_task_flux(name: str, bucket: str, org: str) -> str:
         names.append(f"t{i}")
         lines += [
             f't{i} = base |> filter(fn: (r) => r._field == "{field}")',
+            *([group, '  |> sort(columns: ["_time"])'] if zone else []),
             f'  |> aggregateWindow(every: {every}, fn: {fn}, createEmpty: false, timeSrc: "_start")',
             f'  |> set(key: "_field", value: "{out}")',
+        ]
+    for pct in ZONE_PERCENTILES if zone else ():
+        names.append(f"p{pct}")
+        lines += [
+            f'p{pct} = base |> filter(fn: (r) => r._field == "mean")',
+            group,
+            f"  |> window(every: {every}, createEmpty: false)",
+            *_flux_reduce(f"p{pct}").rstrip("\n").split("\n"),
+            "  |> map(fn: (r) => ({r with _time: r._start}))",
+            '  |> drop(columns: ["lo", "hi"])',
+            group,
+            f'  |> set(key: "_field", value: "p{pct}")',
         ]
     lines += [
         f"union(tables: [{', '.join(names)}])",
@@ -435,7 +525,7 @@ def ensure_flux_schema(cfg: InfluxSettings, policy: RetentionSettings) -> list[s
                     buckets.update_bucket(bucket=found)
                     actions.append(f"update bucket {name} retention={seconds}s")
             tasks = client.tasks_api()
-            for name in ROLLUPS:
+            for name in (*ROLLUPS, *ZONE_ROLLUPS):
                 flux = rollup_task_flux(name, cfg.bucket, cfg.org)
                 task_name = f"urbansense-rollup-{name}"
                 existing = tasks.find_tasks(name=task_name)
@@ -476,9 +566,12 @@ def ensure_sqlite_schema(path: str | Path) -> tuple[str, ...]:
 
 
 def _period_rows(
-    rows: Iterator[Sequence[Any]], period_ms: int, n_tags: int
+    rows: Iterator[Sequence[Any]], period_ms: int, n_tags: int, keep_means: bool = False
 ) -> Iterator[tuple[tuple[Any, ...], int, dict[str, Any]]]:
-    """Reduce windows ordered by (series, start) into one roll-up row per (series, period)."""
+    """Reduce windows ordered by (series, start) into one roll-up row per (series, period).
+
+    With ``keep_means`` the row also holds the window means (``_means``) for percentiles.
+    """
     key: tuple[Any, ...] | None = None
     acc: dict[str, Any] = {}
     for row in rows:
@@ -488,7 +581,7 @@ def _period_rows(
             if key is not None:
                 yield key[:-1], key[-1], acc
             key = k
-            acc = {"count": 0, "sum": 0.0, "mean": 0.0, "min": None, "max": None, "windows": 0, "_n": 0}
+            acc = {"count": 0, "sum": 0.0, "mean": 0.0, "min": None, "max": None, "windows": 0, "_means": []}
         # left to right, like InfluxQL's reducers, so the numbers match the continuous queries
         if count is not None:
             acc["count"] += count
@@ -497,6 +590,8 @@ def _period_rows(
         if mean is not None:
             acc["mean"] += mean
             acc["windows"] += 1
+            if keep_means:
+                acc["_means"].append(mean)
         if lo is not None:
             acc["min"] = lo if acc["min"] is None else min(acc["min"], lo)
         if hi is not None:
@@ -506,26 +601,38 @@ def _period_rows(
 
 
 def sqlite_rollup(conn: sqlite3.Connection, name: str, since_ms: int, until_ms: int) -> int:
-    """(Re)compute roll-up ``name`` for the periods in ``[since_ms, until_ms)`` (aligned down/up)."""
-    measurement, period_ms = ROLLUPS[name]
+    """(Re)compute roll-up ``name`` for the periods in ``[since_ms, until_ms)`` (aligned down/up).
+
+    Windows are reduced in (series, start, rowid) order, the order the history queries use, so a
+    roll-up holds the numbers a downsampled query over ``window_agg`` gives in this store.
+    """
+    from connectors.history import nearest_rank
+
+    zone = name in ZONE_ROLLUPS
+    measurement, period_ms = (ROLLUPS | ZONE_ROLLUPS)[name]
+    group = ZONE_ROLLUP_TAGS if zone else AGG_TAGS
     start = since_ms // period_ms * period_ms
     stop = -(-until_ms // period_ms) * period_ms
-    tags = ", ".join(f'"{t}"' for t in AGG_TAGS)
+    tags = ", ".join(f'"{t}"' for t in group)
     cur = conn.execute(
         f'SELECT {tags}, "start_ms", "count", "sum", "mean", "min", "max" FROM "{AGG_MEASUREMENT}" '  # noqa: S608
         f'WHERE "start_ms" >= ? AND "start_ms" < ? ORDER BY {tags}, "start_ms", rowid',
         (start, stop),
     )
-    columns = (*AGG_TAGS, "start_ms", *ROLLUP_FIELDS)
+    columns = (*group, "start_ms", *(ZONE_ROLLUP_FIELDS if zone else ROLLUP_FIELDS))
     names = ", ".join(f'"{c}"' for c in columns)
     marks = ", ".join("?" for _ in columns)
     sql = f'INSERT OR REPLACE INTO "{measurement}" ({names}) VALUES ({marks})'  # noqa: S608 - constants
     batch: list[tuple[Any, ...]] = []
     n = 0
     conn.execute(f'DELETE FROM "{measurement}" WHERE "start_ms" >= ? AND "start_ms" < ?', (start, stop))  # noqa: S608
-    for key, t, acc in _period_rows(_rows(cur), period_ms, len(AGG_TAGS)):
+    for key, t, acc in _period_rows(_rows(cur), period_ms, len(group), keep_means=zone):
         mean = acc["mean"] / acc["windows"] if acc["windows"] else None
-        batch.append((*key, t, acc["count"], acc["sum"], mean, acc["min"], acc["max"], acc["windows"]))
+        row = (*key, t, acc["count"], acc["sum"], mean, acc["min"], acc["max"], acc["windows"])
+        if zone:
+            means = sorted(acc["_means"])
+            row += tuple(nearest_rank(means, p) for p in ZONE_PERCENTILES)
+        batch.append(row)
         if len(batch) >= 5000:
             conn.executemany(sql, batch)
             n += len(batch)
@@ -542,8 +649,8 @@ def _rows(cur: sqlite3.Cursor) -> Iterator[Sequence[Any]]:
 def sqlite_maintenance(path: str | Path, policy: RetentionSettings, now_ms: int) -> dict[str, int]:
     """The embedded store's periodic job: roll up new periods, then delete expired rows.
 
-    Roll-ups are recomputed from the last run's mark minus two periods (late windows count);
-    the first run backfills from the oldest window. Returns counts of what it did.
+    Roll-ups are recomputed from the last run's mark minus :func:`resample_ms` (late windows
+    count); the first run backfills from the oldest window. Returns counts of what it did.
     """
     from connectors.store import SqliteStore
 
@@ -558,14 +665,14 @@ def sqlite_maintenance(path: str | Path, policy: RetentionSettings, now_ms: int)
             conn.execute(_META_DDL)
             conn.execute("BEGIN")
             try:
-                for name, (_, period_ms) in ROLLUPS.items():
+                for name, (_, period_ms) in (ROLLUPS | ZONE_ROLLUPS).items():
                     mark_key = f"rollup_{name}_until_ms"
                     row = conn.execute('SELECT "value" FROM "urban_meta" WHERE "key" = ?', (mark_key,)).fetchone()
                     if row is None:
                         first = conn.execute(f'SELECT min("start_ms") FROM "{AGG_MEASUREMENT}"').fetchone()[0]  # noqa: S608
                         since = now_ms if first is None else int(first)
                     else:
-                        since = int(row[0]) - RESAMPLE_PERIODS * period_ms
+                        since = int(row[0]) - resample_ms(name)
                     until = now_ms // period_ms * period_ms  # whole periods only
                     if since < until:
                         done[f"rollup_{name}_rows"] = sqlite_rollup(conn, name, since, until)
@@ -574,7 +681,7 @@ def sqlite_maintenance(path: str | Path, policy: RetentionSettings, now_ms: int)
                     RAW_MEASUREMENT: ("ts_ms", policy.raw),
                     AGG_MEASUREMENT: ("start_ms", policy.aggregates),
                     ALERT_MEASUREMENT: ("ts_ms", policy.aggregates),
-                    **{m: ("start_ms", policy.rollups) for m, _ in ROLLUPS.values()},
+                    **{m: ("start_ms", policy.rollups) for m, _ in (ROLLUPS | ZONE_ROLLUPS).values()},
                 }
                 for table, (column, keep) in cutoffs.items():
                     cur = conn.execute(f'DELETE FROM "{table}" WHERE "{column}" < ?', (now_ms - _ms(keep),))  # noqa: S608
@@ -608,6 +715,7 @@ def describe(settings: Settings) -> Mapping[str, Any]:
             AGG_MEASUREMENT: "window aggregates (see connectors.lineprotocol)",
             ALERT_MEASUREMENT: "alert events (see connectors.lineprotocol)",
             **{m: list(ROLLUP_FIELDS) for m, _ in ROLLUPS.values()},
+            **{m: [*ZONE_ROLLUP_TAGS, *ZONE_ROLLUP_FIELDS] for m, _ in ZONE_ROLLUPS.values()},
         },
     }
 

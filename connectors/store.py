@@ -11,6 +11,8 @@ InfluxDB overwrites a (series, time) pair:
 * ``reading`` (raw readings, written only when enabled): ``(sensor_id, metric, ts_ms)``
 * ``window_agg_1h`` / ``window_agg_1d`` (roll-ups, filled by
   :func:`connectors.retention.sqlite_maintenance`): as ``window_agg``
+* ``window_agg_zone_5m`` / ``window_agg_zone_1h`` (zone roll-ups, filled by the same job):
+  ``(zone, metric, start_ms)``
 
 The database runs in WAL mode, so the history CLI can read while the worker writes.
 """
@@ -38,7 +40,16 @@ from connectors.lineprotocol import (
     Point,
     encode_line,
 )
-from connectors.retention import RAW_MEASUREMENT, RAW_TAGS, ROLLUP_FLOAT_FIELDS, ROLLUP_INT_FIELDS, ROLLUPS
+from connectors.retention import (
+    RAW_MEASUREMENT,
+    RAW_TAGS,
+    ROLLUP_FLOAT_FIELDS,
+    ROLLUP_INT_FIELDS,
+    ROLLUPS,
+    ZONE_ROLLUP_FLOAT_FIELDS,
+    ZONE_ROLLUP_TAGS,
+    ZONE_ROLLUPS,
+)
 from streams.errors import SinkError
 
 logger = logging.getLogger(__name__)
@@ -127,6 +138,17 @@ for _measurement, _ in ROLLUPS.values():
             **dict.fromkeys(ROLLUP_FLOAT_FIELDS, "float"),
         },
         ("sensor_id", "metric", "window", "window_size_ms", "start_ms"),
+    )
+for _measurement, _ in ZONE_ROLLUPS.values():
+    TABLES[_measurement] = Table(
+        _measurement,
+        "start_ms",
+        {
+            **dict.fromkeys(ZONE_ROLLUP_TAGS, "tag"),
+            **dict.fromkeys(ROLLUP_INT_FIELDS, "int"),
+            **dict.fromkeys(ZONE_ROLLUP_FLOAT_FIELDS, "float"),
+        },
+        (*ZONE_ROLLUP_TAGS, "start_ms"),
     )
 # History queries read one sensor or one zone over a time range; ``mean`` is in the index so
 # the most common downsampled queries never touch the table. Roll-ups and retention scan by time.

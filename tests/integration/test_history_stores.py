@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from connectors.history import (
+    ZONE_ROLLUP_ANSWERS,
     AlertQuery,
     HistoryQuery,
     TopQuery,
@@ -24,13 +25,16 @@ from connectors.history import (
     query_history,
     run_history_cli,
     top_zones,
+    zone_rollup_plan,
 )
 from connectors.influx import InfluxV1Sink
 from connectors.lineprotocol import Point, aggregate_point, alert_point
 from connectors.retention import (
     RP_AGG,
     RP_ROLLUP,
+    ZONE_ROLLUP_FIELDS,
     RetentionSettings,
+    backfill,
     backfill_statement,
     ensure_schema,
     influxql_post,
@@ -128,6 +132,7 @@ def stores(influxd: Service, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     asyncio.run(write())
     for name in ("1h", "1d"):
         influxql_post(influx.influx, backfill_statement(name, T0, NOW))
+    backfilled = backfill(influx.influx, ("zone_5m", "zone_1h"), T0, NOW)
     path = tmp_path_factory.mktemp("hist") / "urban.db"
     store = SqliteStore(path)
     store.write_sync(points)
@@ -141,6 +146,7 @@ def stores(influxd: Service, tmp_path_factory: pytest.TempPathFactory) -> dict[s
         "sqlite": sqlite,
         "schema": (first, second),
         "maintenance": done,
+        "backfilled": backfilled,
     }
 
 
@@ -158,7 +164,7 @@ def same(a: list[dict[str, Any]], b: list[dict[str, Any]], exact: bool) -> None:
 def test_schema_on_the_real_server(stores: dict[str, Any]) -> None:
     cfg = stores["influx"].influx
     first, second = stores["schema"]
-    assert first.store == "influxdb-v1" and len(first.actions) == 5 and len(second.actions) == 5
+    assert first.store == "influxdb-v1" and len(first.actions) == 7 and len(second.actions) == 7
     assert any("CREATE RETENTION POLICY" in a for a in first.actions)
     assert all("CREATE RETENTION POLICY" not in a for a in second.actions)  # altered, not re-created
     [series] = influxql_post(cfg, "SHOW RETENTION POLICIES")[0]["series"]
@@ -172,7 +178,10 @@ def test_schema_on_the_real_server(stores: dict[str, Any]) -> None:
         if s["name"] == cfg.database
         for v in s.get("values", [])
     }
-    assert set(cqs) == {"urban_rollup_1h", "urban_rollup_1d"}
+    assert set(cqs) == {"urban_rollup_1h", "urban_rollup_1d", "urban_rollup_zone_5m", "urban_rollup_zone_1h"}
+    assert "RESAMPLE FOR 1h" in cqs["urban_rollup_zone_5m"] and "GROUP BY time(5m), zone, metric" in cqs[
+        "urban_rollup_zone_5m"
+    ].replace('"', "")
     assert "RESAMPLE FOR 2h" in cqs["urban_rollup_1h"] and f"INTO {cfg.database}.{RP_ROLLUP}.window_agg_1h" in cqs[
         "urban_rollup_1h"
     ].replace('"', "")
@@ -314,3 +323,25 @@ def test_raw_readings_go_to_their_retention_policy(stores: dict[str, Any]) -> No
     asyncio.run(write())
     [series] = influxql_post(cfg, 'SELECT "value", "unit" FROM "urban_raw"."reading"')[0]["series"]
     assert series["values"] == [[NOW - MINUTE, 41.5, "ug/m3"]]
+
+
+@pytest.mark.parametrize("every", [5 * MINUTE, HOUR])
+def test_zone_rollups_agree_with_each_other_and_with_the_windows(stores: dict[str, Any], every: int) -> None:
+    source = "zone_5m" if every == 5 * MINUTE else "zone_1h"
+    assert stores["backfilled"] > 0 and stores["maintenance"][f"rollup_{source}_rows"] > 0
+    rows = HistoryQuery(None, "pm25", T0, T0 + 2 * DAY, zone="futian", source=source, columns=ZONE_ROLLUP_FIELDS)  # type: ignore[arg-type]
+    got = query_history(stores["influx"], rows)
+    assert len(got) == 26 * HOUR // every
+    want = query_history(stores["sqlite"], rows)
+    same([{k: v for k, v in r.items() if k not in ("mean", "sum")} for r in got],
+         [{k: v for k, v in r.items() if k not in ("mean", "sum")} for r in want], exact=True)  # fmt: skip
+    same(got, want, exact=False)
+    for agg, field in ZONE_ROLLUP_ANSWERS:
+        q = HistoryQuery(None, "pm25", T0 + 3 * MINUTE, T0 + 2 * DAY, every_ms=every, agg=agg, field=field,
+                         zone="futian")  # type: ignore[arg-type]  # fmt: skip
+        assert zone_rollup_plan(q) is not None
+        windows = HistoryQuery(**{**q.__dict__, "rollups": False})
+        exact = (agg, field) not in (("mean", "mean"), ("sum", "sum"))
+        for name in ("influx", "sqlite"):
+            same(query_history(stores[name], q), query_history(stores[name], windows), exact=exact or name == "sqlite")
+        same(query_history(stores["influx"], q), query_history(stores["sqlite"], q), exact=exact)

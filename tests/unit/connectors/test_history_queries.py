@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from connectors.history import (
+    ZONE_ROLLUP_ANSWERS,
     AlertParams,
     AlertQuery,
     HistoryQuery,
@@ -31,9 +32,11 @@ from connectors.history import (
     run_history_cli,
     top_zones,
     write_rows,
+    zone_rollup_plan,
 )
 from connectors.lineprotocol import aggregate_point, alert_point
 from connectors.retention import (
+    ZONE_ROLLUP_FIELDS,
     RetentionSettings,
     ensure_schema,
     open_raw_sink,
@@ -402,3 +405,56 @@ def test_raw_readings_are_optional_and_stored(tmp_path: Path) -> None:
     done = sqlite_maintenance(settings.store.path, RetentionSettings(), T0 + 8 * DAY)
     assert done["expired_reading"] == 2
     sink.close_sync()
+
+
+def test_zone_queries_are_answered_from_the_zone_rollups(tmp_path: Path) -> None:
+    aggs, _ = make(seed=5, minutes=4 * 60)
+    path = tmp_path / "z.db"
+    settings = Settings(store={"path": path}, influx={"url": ""})
+    store = SqliteStore(path)
+    store.write_sync([aggregate_point(a) for a in reversed(aggs)])
+    done = sqlite_maintenance(path, RetentionSettings(), T0 + 4 * HOUR + 1)
+    assert done["rollup_zone_5m_rows"] == 3 * 48 and done["rollup_zone_1h_rows"] == 3 * 4  # zones a, b, c
+    stored = query_history(settings, HistoryQuery(None, "m", T0, T0 + DAY, zone="a", source="zone_1h",
+                                                  columns=ZONE_ROLLUP_FIELDS))  # fmt: skip
+    for r in stored:
+        ws = [a for a in aggs if a["zone"] == "a" and r["time_ms"] <= a["start_ms"] < r["time_ms"] + HOUR]
+        ws.sort(key=lambda a: (a["start_ms"], a["sensor_id"]))
+        assert r["windows"] == len(ws) and r["count"] == sum(a["count"] for a in ws)
+        assert r["p95"] == nearest_rank([a["mean"] for a in ws], 95) and r["mean"] == ref_reduce("mean", [
+            a["mean"] for a in ws])  # fmt: skip
+    for every in (5 * MINUTE, HOUR):
+        for agg, field in ZONE_ROLLUP_ANSWERS:
+            q = HistoryQuery(None, "m", T0 + 3 * MINUTE, T0 + 4 * HOUR - MINUTE, every_ms=every, agg=agg, field=field,
+                             zone="a")  # type: ignore[arg-type]  # fmt: skip
+            plan = zone_rollup_plan(q)
+            assert plan is not None and plan.since_ms == T0 + every and plan.until_ms == T0 + 4 * HOUR - every
+            got = query_history(settings, q)
+            assert len(got) == 4 * HOUR // every
+            assert got == query_history(settings, HistoryQuery(**{**q.__dict__, "rollups": False}))  # to the bit
+    # other filters, buckets and aggregates read the windows
+    for extra in ({"kind": "traffic"}, {"group_by": "sensor_id"}, {"every_ms": 10 * MINUTE}, {"agg": "min"}):
+        q = HistoryQuery(**{"sensor_id": None, "metric": "m", "since_ms": T0, "until_ms": T0 + HOUR, "zone": "a",
+                            "every_ms": 5 * MINUTE, "agg": "p95", **extra})  # fmt: skip
+        assert zone_rollup_plan(q) is None
+    # whole, final periods come from the roll-up; the last hour before its newest period, from the windows
+    q = HistoryQuery(None, "m", T0, T0 + 4 * HOUR, every_ms=5 * MINUTE, agg="p95", zone="a")
+    before = query_history(settings, q)
+    with sqlite3.connect(path) as conn:
+        conn.execute('UPDATE "window_agg_zone_5m" SET "p95" = -1.0 WHERE "zone" = ? AND "start_ms" IN (?, ?)',
+                     ("a", T0 + HOUR, T0 + 3 * HOUR))  # fmt: skip
+    late = {**aggs[0], "zone": "a", "sensor_id": "s-late", "start_ms": T0 + 3 * HOUR + 30 * MINUTE, "mean": 999.0}
+    store.write_sync([aggregate_point(late)])  # after the roll-up ran, inside its resample span
+    got = {r["time_ms"]: r["value"] for r in query_history(settings, q)}
+    assert got[T0 + HOUR] == -1.0  # read from the roll-up
+    assert got[T0 + 3 * HOUR] == before[36]["value"]  # read from the windows
+    assert got[T0 + 3 * HOUR + 30 * MINUTE] == 999.0
+    windows = {r["time_ms"]: r["value"] for r in query_history(settings, HistoryQuery(**{**q.__dict__,
+                                                                                       "rollups": False}))}
+    assert windows[T0 + HOUR] == before[12]["value"] and {**windows, T0 + HOUR: -1.0} == got
+    # the direct source needs a zone and nothing finer
+    with pytest.raises(ValueError, match="per zone and metric"):
+        HistoryQuery(None, "m", T0, T0 + HOUR, source="zone_5m")
+    with pytest.raises(ValueError, match="per zone and metric"):
+        HistoryQuery("s-a1", "m", T0, T0 + HOUR, zone="a", source="zone_5m")
+    store.close_sync()

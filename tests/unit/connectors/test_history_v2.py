@@ -124,12 +124,18 @@ def test_schema_creates_missing_updates_changed_and_keeps_equal(double: Double) 
     double.answer(200, {"tasks": []})
     double.answer(201, task("t1", "urbansense-rollup-1h", "x"))
     double.answer(200, {"tasks": [task("t2", "urbansense-rollup-1d", flux_1d)]})  # unchanged
+    double.answer(200, {"tasks": []})
+    double.answer(201, task("t3", "urbansense-rollup-zone_5m", "x"))
+    double.answer(200, {"tasks": [task("t4", "urbansense-rollup-zone_1h", "old flux")]})  # changed
+    double.answer(200, task("t4", "urbansense-rollup-zone_1h", "new"))
     report = ensure_schema(settings(double))
     assert report.store == "influxdb-v2"
     assert report.actions == (
         "create bucket city_raw retention=604800s",
         "update bucket city retention=7776000s",
         "create task urbansense-rollup-1h",
+        "create task urbansense-rollup-zone_5m",
+        "update task urbansense-rollup-zone_1h",
     )
     calls = [(s.method, s.path) for s in double.seen]
     assert calls == [
@@ -142,6 +148,10 @@ def test_schema_creates_missing_updates_changed_and_keeps_equal(double: Double) 
         ("GET", "/api/v2/tasks"),
         ("POST", "/api/v2/tasks"),
         ("GET", "/api/v2/tasks"),
+        ("GET", "/api/v2/tasks"),
+        ("POST", "/api/v2/tasks"),
+        ("GET", "/api/v2/tasks"),
+        ("PATCH", "/api/v2/tasks/t4"),
     ]
     assert double.seen[0].query["org"] == "acme"
     assert [double.seen[i].query["name"] for i in (1, 3, 5)] == ["city_raw", "city", "city_rollup"]
@@ -152,6 +162,8 @@ def test_schema_creates_missing_updates_changed_and_keeps_equal(double: Double) 
     assert double.seen[6].query["name"] == "urbansense-rollup-1h"
     new_task = orjson.loads(double.seen[7].body)
     assert new_task["orgID"] == ORG["id"] and new_task["flux"] == rollup_task_flux("1h", "city", "acme")
+    assert orjson.loads(double.seen[10].body)["flux"] == rollup_task_flux("zone_5m", "city", "acme")
+    assert orjson.loads(double.seen[12].body)["flux"] == rollup_task_flux("zone_1h", "city", "acme")
 
 
 def test_rollup_task_flux() -> None:
@@ -162,6 +174,22 @@ def test_rollup_task_flux() -> None:
     assert 'set(key: "_field", value: "windows")' in flux
     assert flux.endswith(
         '|> set(key: "_measurement", value: "window_agg_1h")\n  |> to(bucket: "city_rollup", org: "acme")'
+    )
+
+
+def test_zone_rollup_task_flux() -> None:
+    flux = rollup_task_flux("zone_5m", "city", "acme")
+    head = 'import "date"\nimport "math"\n\noption task = {name: "urbansense-rollup-zone_5m", every: 5m, offset: 1m}'
+    assert flux.startswith(head)
+    assert "stop = date.truncate(t: now(), unit: 5m)\nstart = date.sub(d: 1h, from: stop)" in flux
+    assert flux.count('  |> group(columns: ["zone", "metric"])\n  |> sort(columns: ["_time"])\n') == 6
+    assert flux.count("aggregateWindow(every: 5m") == 6 and flux.count("window(every: 5m, createEmpty: false)") == 4
+    for p in (50, 90, 95, 99):
+        assert f"float(v: r.lo + r.hi - 1) * {p / 100!r} + 0.5)))" in flux
+        assert f'set(key: "_field", value: "p{p}")' in flux
+    assert "union(tables: [t0, t1, t2, t3, t4, t5, p50, p90, p95, p99])" in flux
+    assert flux.endswith(
+        '|> set(key: "_measurement", value: "window_agg_zone_5m")\n  |> to(bucket: "city_rollup", org: "acme")'
     )
 
 
@@ -214,6 +242,30 @@ def test_zone_percentile_by_sensor(double: Double) -> None:
         {"time_ms": T0, "sensor_id": "s1", "value": 41.5},  # first window re-aligned to the grid
         {"time_ms": T0 + 300_000, "sensor_id": "s1", "value": 40.0},
         {"time_ms": T0, "sensor_id": "s2", "value": 7.25},
+    ]
+
+
+def test_zone_percentile_from_the_zone_rollup(double: Double) -> None:
+    q = HistoryQuery(None, "pm25", T0, T0 + 3 * 3_600_000, every_ms=300_000, agg="p95", zone="futian")
+    stored = csv_body(
+        ["dateTime:RFC3339", "double"],
+        ["_time", "p95"],
+        [["2023-11-15T00:00:00Z", "41.5"], ["2023-11-15T00:05:00Z", "40"], ["2023-11-15T02:00:00Z", "39"]],
+    )
+    windows = csv_body(["dateTime:RFC3339", "double"], ["_time", "_value"], [["2023-11-15T02:01:00Z", "38.25"]])
+    double.answer(200, stored, "text/csv")
+    double.answer(200, windows, "text/csv")
+    rows = query_history(settings(double), q)
+    first, second = (orjson.loads(seen.body)["query"] for seen in double.seen)
+    assert first.startswith('from(bucket: "city_rollup")\n  |> range(start: 2023-11-15T00:00:00.000Z, stop: ')
+    assert 'r._measurement == "window_agg_zone_5m" and r.metric == "pm25" and r.zone == "futian"' in first
+    assert 'r._field == "p95"' in first and 'keep(columns: ["_time", "p95"])' in first
+    # the newest period is at 02:00, so from 01:05 on (its end minus the resample hour) the windows answer
+    assert second == build_flux("city", HistoryQuery(**{**q.__dict__, "since_ms": T0 + 65 * 60_000, "rollups": False}))
+    assert rows == [
+        {"time_ms": T0, "value": 41.5},
+        {"time_ms": T0 + 300_000, "value": 40.0},
+        {"time_ms": T0 + 2 * 3_600_000, "value": 38.25},
     ]
 
 
