@@ -19,9 +19,11 @@ from the wall clock: ``now_ms`` is passed in.
 
 from __future__ import annotations
 
+import binascii
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any, Final, Literal
 
 import numpy as np
@@ -29,7 +31,7 @@ import numpy as np
 from streams import sketch
 from streams.keyed import SessionStore, SlidingStore
 from streams.panes import FREE, NF, Closed, PaneStore
-from streams.schema import Reading
+from streams.schema import Reading, ReadingRows, Shape
 
 NO_WATERMARK: Final = -(2**62)
 DUPLICATE: Final = "duplicate"
@@ -142,9 +144,11 @@ class SensorMeta:
 
     kind: str
     zone: str
+    idx: int = -1  # dense index in PartitionWindows.sensors order (set on creation)
     offset: int = -1
     slots: dict[str, int] = field(default_factory=dict)  # metric -> slot
     units: dict[str, str] = field(default_factory=dict)
+    shapes: dict[Shape, tuple[int, ...]] = field(default_factory=dict)  # a reading's metrics -> their slots
 
 
 def _store(w: WindowDef, spec: WindowSpec) -> Any:
@@ -165,6 +169,9 @@ class PartitionWindows:
         self.sensors: dict[str, SensorMeta] = {}
         self.slot_sensor: list[str] = []
         self.slot_metric: list[str] = []
+        self._slot_owner: list[int] = []  # slot -> SensorMeta.idx
+        self._slot_rank: list[int] = []  # slot -> position among its sensor's slots ("u" order)
+        self._slot_cols: tuple[int, np.ndarray, np.ndarray] = (0, np.empty(0, np.int64), np.empty(0, np.int64))
         self.stores: list[Any] = [_store(w, spec) for w in spec.windows]
         for store in self.stores:
             if isinstance(store, PaneStore):
@@ -193,15 +200,21 @@ class PartitionWindows:
     def _meta(self, r: Reading) -> SensorMeta:
         meta = self.sensors.get(r.sensor_id)
         if meta is None:
-            meta = self.sensors[r.sensor_id] = SensorMeta(r.kind, r.zone)
+            meta = self._new_meta(r.sensor_id, r.kind, r.zone)
+        return meta
+
+    def _new_meta(self, sensor_id: str, kind: str, zone: str) -> SensorMeta:
+        meta = self.sensors[sensor_id] = SensorMeta(kind, zone, len(self.sensors))
         return meta
 
     def _slot(self, meta: SensorMeta, sensor_id: str, metric: str, unit: str) -> int:
         slot = meta.slots.get(metric)
         if slot is None:
+            self._slot_rank.append(len(meta.slots))
             slot = meta.slots[metric] = len(self.slot_sensor)
             self.slot_sensor.append(sensor_id)
             self.slot_metric.append(metric)
+            self._slot_owner.append(meta.idx)
             meta.units[metric] = unit
         return slot
 
@@ -214,18 +227,23 @@ class PartitionWindows:
         self, readings: Sequence[Reading], offsets: Sequence[int], now_ms: int | None = None
     ) -> list[Late | str | None]:
         """Apply a micro-batch in arrival order; one outcome per reading (as :meth:`add`)."""
-        n = len(readings)
+        return self.add_rows(ReadingRows.of(readings), offsets, now_ms)
+
+    def add_rows(  # noqa: C901 - the per-reading loop is kept in one place
+        self, rows: ReadingRows, offsets: Sequence[int], now_ms: int | None = None
+    ) -> list[Late | str | None]:
+        """:meth:`add_batch` of parsed columns (:func:`streams.schema.parse_batch`); ``offsets[k]`` is row k's."""
+        n = len(rows)
         out: list[Late | str | None] = [None] * n
         if n == 0:
             return out
         if now_ms is not None:
             self._last_input_ms = now_ms
-        ts = np.fromiter((r.ts_ms for r in readings), dtype=np.int64, count=n)
+        ts = np.array(rows.ts_ms, dtype=np.int64)
         # watermark as it stood before each reading
         run_max = np.maximum.accumulate(np.r_[self.max_ts_ms, ts])
         wm_before = run_max[:-1] - self.spec.allowed_lateness_ms
         wm_before[run_max[:-1] == NO_WATERMARK] = NO_WATERMARK
-        ok = np.ones(n, dtype=bool)
         late_any = np.zeros(n, dtype=bool)
         per_store_ok = []
         for store in self.stores:
@@ -235,46 +253,67 @@ class PartitionWindows:
             else:  # session/sliding decide per row while adding
                 late = np.zeros(n, dtype=bool)
             per_store_ok.append(~late)
-        # duplicates (redelivered after a restart) and slot columns
-        slots: list[int] = []
-        rows: list[int] = []
-        vals: list[float] = []
-        for i, r in enumerate(readings):
-            meta = self._meta(r)
-            off = offsets[i]
+        any_late = bool(late_any.any())
+        # all-late readings create no slots (as duplicates)
+        skip = (~np.logical_or.reduce(per_store_ok)).tolist() if any_late else None
+        # duplicates (redelivered after a restart) and each row's slots
+        sensors = self.sensors
+        ident, shapes = rows.ident, rows.shape
+        chunks: list[tuple[int, ...]] = []
+        touched: list[str] = []
+        dup: list[int] = []
+        for k in range(n):
+            sid = ident[k][0]
+            meta = sensors.get(sid)
+            if meta is None:
+                meta = self._new_meta(sid, ident[k][1], ident[k][2])
+            off = offsets[k]
             if 0 <= off <= meta.offset:
-                out[i] = DUPLICATE
-                ok[i] = False
+                out[k] = DUPLICATE
+                dup.append(k)
+                chunks.append((-1,) * len(shapes[k].names))
                 continue
             if off >= 0:
                 meta.offset = off
-            self.dirty.add(r.sensor_id)
-            if late_any[i]:
+            touched.append(sid)
+            if skip is not None and skip[k]:
+                chunks.append((-1,) * len(shapes[k].names))
+                continue
+            slots = meta.shapes.get(shapes[k])
+            if slots is None:
+                slots = meta.shapes[shapes[k]] = tuple(
+                    [self._slot(meta, sid, m, u) for m, u in zip(shapes[k].names, shapes[k].units, strict=True)]
+                )
+            chunks.append(slots)
+        self.dirty.update(touched)
+        ok = np.ones(n, dtype=bool)
+        ok[dup] = False
+        if any_late:
+            for i in np.flatnonzero(late_any & ok).tolist():
                 wm = int(wm_before[i])
                 first_late = next(s for s, okk in zip(self.stores, per_store_ok, strict=True) if not okk[i])
-                out[i] = Late(r, wm, int(ts[i] - ts[i] % first_late.hop_ms), wm - r.ts_ms)
-                if all(not okk[i] for okk in per_store_ok):
-                    continue
-            for metric, value in r.metrics.items():
-                slots.append(self._slot(meta, r.sensor_id, metric, r.units.get(metric, "")))
-                rows.append(i)
-                vals.append(value)
-        if slots:
-            slot_a = np.asarray(slots, dtype=np.int64)
-            row_a = np.asarray(rows, dtype=np.int64)
-            val_a = np.asarray(vals, dtype=np.float64)
+                out[i] = Late(rows.reading(i), wm, int(ts[i] - ts[i] % first_late.hop_ms), wm - int(ts[i]))
+        lens = np.fromiter(map(len, chunks), dtype=np.int64, count=n)
+        total = int(lens.sum())
+        if total:
+            slot_a = np.fromiter(chain.from_iterable(chunks), dtype=np.int64, count=total)
+            val_a = np.fromiter(chain.from_iterable(rows.values), dtype=np.float64, count=total)
+            row_a = np.repeat(np.arange(n), lens)
             for si, okk in enumerate(per_store_ok):
-                keep = (okk & ok)[row_a]
                 store = self.stores[si]
+                keep = (okk & ok)[row_a] if any_late or dup else None
+                if keep is None:
+                    s_, r_, v_ = slot_a, row_a, val_a
+                else:
+                    s_, r_, v_ = slot_a[keep], row_a[keep], val_a[keep]
                 if isinstance(store, PaneStore):
-                    self._feed(si, slot_a[keep], ts[row_a[keep]], val_a[keep], wm_before[row_a[keep]])
+                    self._feed(si, s_, ts[r_], v_, wm_before[r_])
                     continue
-                late_rows = store.add(slot_a[keep], ts[row_a[keep]], val_a[keep], wm_before[row_a[keep]])
-                for i in np.unique(row_a[keep][late_rows]).tolist():
+                late_rows = store.add(s_, ts[r_], v_, wm_before[r_])
+                for i in np.unique(r_[late_rows]).tolist():
                     if out[i] is None:
-                        r = readings[i]
                         wm = int(wm_before[i])
-                        out[i] = Late(r, wm, r.ts_ms, wm - r.ts_ms)
+                        out[i] = Late(rows.reading(i), wm, int(ts[i]), wm - int(ts[i]))
         self.max_ts_ms = max(self.max_ts_ms, int(ts.max()))
         return out
 
@@ -335,7 +374,7 @@ class PartitionWindows:
 
     def register(self, sensor_id: str, kind: str, zone: str, metrics: dict[str, str]) -> list[int]:
         """Create slots for a sensor's metrics up front; returns them in ``metrics`` order."""
-        meta = self.sensors.setdefault(sensor_id, SensorMeta(kind, zone))
+        meta = self.sensors.get(sensor_id) or self._new_meta(sensor_id, kind, zone)
         return [self._slot(meta, sensor_id, m, u) for m, u in metrics.items()]
 
     # -- time -------------------------------------------------------------------------------
@@ -496,8 +535,8 @@ class PartitionWindows:
         }
 
     def restore(self, sensor_id: str, doc: dict[str, Any]) -> None:
-        """Load one sensor's state written by :meth:`sensor_state`."""
-        meta = self.sensors.setdefault(sensor_id, SensorMeta(doc["k"], doc["z"]))
+        """Load one sensor's state written by :meth:`take_dirty` (``"b"``) or :meth:`sensor_state` (``"w"``)."""
+        meta = self.sensors.get(sensor_id) or self._new_meta(sensor_id, doc["k"], doc["z"])
         meta.offset = max(meta.offset, int(doc["o"]))
         for metric, unit in doc["u"].items():
             self._slot(meta, sensor_id, metric, unit)
@@ -506,74 +545,141 @@ class PartitionWindows:
                 store.closed_end = max(store.closed_end, int(closed_end))
         for si, metric, kdoc in doc.get("ks", ()):
             self.stores[si].restore(meta.slots[metric], kdoc)
-        for si, metric, pane, acc, off, idx, cnt in doc["w"]:
-            store = self.stores[si]
-            slot = meta.slots[metric]
-            store._grow(slot + 1)  # noqa: SLF001
-            r = pane % store.ring
-            store.pid[slot, r] = pane
-            store.acc[slot, r] = np.asarray(acc, dtype=np.float64).reshape(NF)
-            store.sk_off[slot, r] = off
-            store.sk[slot, r] = 0
-            store.sk[slot, r, idx] = cnt
+        for si, metric, pane, acc, off, idx, cnt in doc.get("w", ()):
+            counts = np.zeros(sketch.K, dtype=np.int64)
+            counts[idx] = cnt
+            _put_cell(self.stores[si], meta.slots[metric], pane, np.asarray(acc, dtype=np.float64), off, counts)
+        blob = doc.get("b")
+        if blob:
+            names = list(doc["u"])
+            buf = binascii.a2b_base64(blob)
+            width = int(doc.get("bw", 2))
+            cdt = "<u2" if width == 2 else "<i8"
+            pos = 0
+            while len(buf) - pos >= _CELL.itemsize:
+                h = np.frombuffer(buf, _CELL, 1, pos)[0]
+                n = int(h["n"])
+                counts = np.zeros(sketch.K, dtype=np.int64)
+                counts[sketch.K - n :] = np.frombuffer(buf, cdt, n, pos + _CELL.itemsize)
+                pos += _CELL.itemsize + n * width
+                slot = meta.slots[names[int(h["m"])]]
+                _put_cell(self.stores[int(h["si"])], slot, int(h["pid"]), h["acc"], int(h["off"]), counts)
 
     def take_dirty(self) -> dict[str, dict[str, Any]]:
-        """State of the sensors changed since the last call."""
-        out = self.sensor_states(sorted(self.dirty))
+        """State of the sensors changed since the last call, in the order they were first seen."""
+        sensors = self.sensors
+        idx = np.fromiter((sensors[sid].idx for sid in self.dirty), dtype=np.int64, count=len(self.dirty))
+        dirty = list(self.dirty)
         self.dirty.clear()
-        return out
+        # first-seen order: deterministic, and the order of the slots (no re-sort when packing)
+        return self.sensor_states([dirty[i] for i in np.argsort(idx).tolist()])
 
     def sensor_states(self, sensor_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """:meth:`sensor_state` of many sensors at once (equal documents, one numpy pass per store).
+        """Table documents of many sensors: their open pane cells packed into ``"b"`` (see ``_CELL``).
 
-        The per-sensor version costs a few numpy calls per (metric, pane); a worker serialises the
-        state of every sensor a micro-batch touched, so this gathers all their cells first.
+        :meth:`restore` of a document gives the same state as :meth:`restore` of :meth:`sensor_state`
+        (the readable form). A worker writes the state of every sensor a micro-batch touched, so the
+        cells of all of them are gathered and packed with numpy, then cut per sensor.
         """
         metas = [self.sensors[sid] for sid in sensor_ids]
-        entries = [(j, metric, slot) for j, meta in enumerate(metas) for metric, slot in meta.slots.items()]
-        panes: list[list[list[Any]]] = [[] for _ in metas]
-        keyed: list[list[list[Any]]] = [[] for _ in metas]
-        ent_slot = np.fromiter((e[2] for e in entries), dtype=np.int64, count=len(entries))
+        blobs, width = self._pack_cells(metas)
+        closed = tuple(getattr(store, "closed_end", 0) for store in self.stores)
+        p = self.partition
+        out = {
+            sid: {"p": p, "k": meta.kind, "z": meta.zone, "u": meta.units, "o": meta.offset, "c": closed, "b": blob}
+            for sid, meta, blob in zip(sensor_ids, metas, blobs, strict=True)
+        }
+        if width != 2:
+            for doc in out.values():
+                doc["bw"] = width
         for si, store in enumerate(self.stores):
-            if not isinstance(store, PaneStore):
-                for j, metric, slot in entries:
+            if isinstance(store, PaneStore):
+                continue
+            for sid, meta in zip(sensor_ids, metas, strict=True):
+                ks = out[sid].setdefault("ks", [])
+                for metric, slot in meta.slots.items():
                     doc = store.export(slot)
                     if doc and any(doc):
-                        keyed[j].append([si, metric, doc])
-                continue
-            ok = np.flatnonzero(ent_slot < store.cap)
-            occ = store.pid[ent_slot[ok]] != FREE  # (entries, ring)
-            row, ring = np.nonzero(occ)  # row-major: entry order, then ring index (as flatnonzero)
+                        ks.append([si, metric, doc])
+        return out
+
+    def _pack_cells(self, metas: list[SensorMeta]) -> tuple[list[str], int]:
+        """The open pane cells of ``metas`` as one base64 string per sensor, and the counter width."""
+        n_slots = len(self.slot_sensor)
+        if self._slot_cols[0] != n_slots:
+            owner = np.asarray(self._slot_owner, dtype=np.int64)
+            self._slot_cols = (n_slots, owner, np.asarray(self._slot_rank, dtype=np.int64))
+        _, owner, rank = self._slot_cols
+        pos = np.full(len(self.sensors), -1, dtype=np.int64)
+        pos[np.fromiter((m.idx for m in metas), dtype=np.int64, count=len(metas))] = np.arange(len(metas))
+        sel = np.flatnonzero(pos[owner] >= 0)  # slot order: within a sensor, also "u" order
+        panes = [(si, s) for si, s in enumerate(self.stores) if isinstance(s, PaneStore)]
+        width = 2 if all(s.sk.dtype == np.uint16 for _, s in panes) else 8
+        dt = _CELL_U2 if width == 2 else _CELL_I8
+        parts = []
+        for si, store in panes:
+            cs = sel[sel < store.cap]
+            row, ring = np.nonzero(store.pid[cs] != FREE)  # slot order, then ring index
             if len(row) == 0:
                 continue
-            cs = ent_slot[ok][row]
-            pid = store.pid[cs, ring].tolist()
-            acc = store.acc[cs, ring].tolist()
-            off = store.sk_off[cs, ring].tolist()
-            counts = store.sk[cs, ring]
-            nzr, nzk = np.nonzero(counts)
-            nz_vals = counts[nzr, nzk].tolist()
-            nz_keys = nzk.tolist()
-            bounds = np.r_[0, np.cumsum(np.count_nonzero(counts, axis=1))].tolist()
-            ent = ok[row].tolist()
-            for c, e in enumerate(ent):
-                j, metric, _ = entries[e]
-                lo, hi = bounds[c], bounds[c + 1]
-                panes[j].append([si, metric, pid[c], acc[c], off[c], nz_keys[lo:hi], nz_vals[lo:hi]])
-        closed = [getattr(store, "closed_end", 0) for store in self.stores]
-        return {
-            sid: {
-                "p": self.partition,
-                "k": meta.kind,
-                "z": meta.zone,
-                "u": meta.units,
-                "o": meta.offset,
-                "w": panes[j],
-                "c": list(closed),
-                "ks": keyed[j],
-            }
-            for j, (sid, meta) in enumerate(zip(sensor_ids, metas, strict=True))
-        }
+            c = cs[row]
+            rec = np.empty(len(c), dtype=dt)
+            rec["si"] = si
+            rec["m"] = rank[c]
+            rec["pid"] = store.pid[c, ring]
+            rec["off"] = store.sk_off[c, ring]
+            rec["acc"] = store.acc[c, ring]
+            rec["sk"] = counts = store.sk[c, ring]
+            nz = counts != 0
+            rec["n"] = np.where(nz.any(axis=1), sketch.K - nz.argmax(axis=1), 0)
+            parts.append((pos[owner[c]], rec))
+        if not parts:
+            return [""] * len(metas), width
+        spos = np.concatenate([x[0] for x in parts]) if len(parts) > 1 else parts[0][0]
+        rec = np.concatenate([x[1] for x in parts]) if len(parts) > 1 else parts[0][1]
+        if len(parts) > 1 or (len(spos) > 1 and (spos[1:] < spos[:-1]).any()):
+            order = np.argsort(spos, kind="stable")  # per sensor: store, then slot, then ring
+            spos, rec = spos[order], rec[order]
+        # Keep each cell's header and its top n counters (the rest are zero); pad each sensor's bytes
+        # to a multiple of 3 so that one base64 string cuts into the sensors' strings.
+        hdr, size = _CELL.itemsize, dt.itemsize
+        n = rec["n"].astype(np.int64)
+        cell_len = hdr + n * width
+        per_sensor = np.bincount(spos, weights=cell_len, minlength=len(metas)).astype(np.int64)
+        pad = -per_sensor % 3
+        last = np.r_[spos[1:] != spos[:-1], True]
+        full = np.zeros((len(rec), size + 2), dtype=np.uint8)
+        full[:, :size] = rec.view(np.uint8).reshape(len(rec), size)
+        col = np.arange(size + 2)
+        keep = (col < hdr) | (
+            (col >= (size - n * width)[:, None]) & (col < (size + np.where(last, pad[spos], 0))[:, None])
+        )
+        text = binascii.b2a_base64(full[keep].tobytes(), newline=False).decode("ascii")
+        ends = (np.cumsum(per_sensor + pad) // 3 * 4).tolist()
+        return [text[lo:hi] for lo, hi in zip([0, *ends[:-1]], ends, strict=True)], width
+
+
+#: One open pane cell in a state document's ``"b"`` (base64 of the packed little-endian records of a
+#: sensor's cells): store index, number ``n`` of sketch counters kept, metric index in ``"u"`` order,
+#: pane id, sketch offset and the 11 accumulator fields (110 bytes); then the top ``n`` counters of the
+#: sketch (those below are zero), u2 each, or i8 when the document says ``"bw": 8``. Fewer trailing
+#: bytes than a header are padding.
+_FIELDS: Final = [("si", "u1"), ("n", "u1"), ("m", "<u4"), ("pid", "<i8"), ("off", "<i8"), ("acc", "<f8", (NF,))]
+_CELL: Final = np.dtype(_FIELDS)
+_CELL_U2: Final = np.dtype([*_FIELDS, ("sk", "<u2", (sketch.K,))])
+_CELL_I8: Final = np.dtype([*_FIELDS, ("sk", "<i8", (sketch.K,))])
+
+
+def _put_cell(store: PaneStore, slot: int, pane: int, acc: Any, off: int, counts: np.ndarray) -> None:
+    """Load one restored pane cell into ``store``."""
+    store._grow(slot + 1)  # noqa: SLF001
+    if store.sk.dtype == np.uint16 and counts.max(initial=0) > np.iinfo(np.uint16).max:
+        store.sk = store.sk.astype(np.int64)
+    r = pane % store.ring
+    store.pid[slot, r] = pane
+    store.acc[slot, r] = np.asarray(acc, dtype=np.float64).reshape(NF)
+    store.sk_off[slot, r] = off
+    store.sk[slot, r] = counts
 
 
 __all__ = ["DUPLICATE", "Late", "PartitionWindows", "WindowDef", "WindowSpec", "parse_ms", "sketch"]

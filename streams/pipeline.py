@@ -16,7 +16,7 @@ from alerting.rules import ThresholdRule, alert_id, evaluate
 from streams.deadletter import DeadLetter, dead_letter
 from streams.engine import DUPLICATE, NO_WATERMARK, Late, PartitionWindows, WindowSpec
 from streams.errors import InvalidReading
-from streams.schema import MAX_PAYLOAD_BYTES, parse_reading
+from streams.schema import MAX_PAYLOAD_BYTES, ReadingRows, parse_batch
 
 logger = logging.getLogger(__name__)
 
@@ -127,45 +127,61 @@ class Pipeline:
         """Apply a micro-batch of records; close the windows it completes."""
         out = Output()
         c = self.counters
-        by_partition: dict[int, tuple[list[Record], list[Any]]] = {}
-        admitted: dict[int, set[str]] = {}  # new sensor ids let in by this batch, per partition
-        for rec in records:
-            c.readings_in += 1
-            try:
-                reading = parse_reading(rec.value, now_ms=now_ms, max_bytes=self.max_payload_bytes)
-            except InvalidReading as err:
-                c.dead_letters += 1
-                source = f"kafka:{rec.topic}/{rec.partition}@{rec.offset}"
-                logger.warning("dead-lettered reading source=%s reason=%s", source, err.reason)
-                out.dead_letters.append(dead_letter(rec.value, err, source=source, now_ms=now_ms, key=rec.key))
-                continue
-            if self.max_sensors_per_partition is not None and not self._admit(
-                rec, reading, admitted, now_ms, table, out
-            ):
-                continue
-            recs, readings = by_partition.setdefault(rec.partition, ([], []))
-            recs.append(rec)
-            readings.append(reading)
+        recs = records if isinstance(records, list) else list(records)
+        c.readings_in += len(recs)
+        rows, errors = parse_batch([r.value for r in recs], now_ms=now_ms, max_bytes=self.max_payload_bytes)
+        dls = [(i, self._dead_letter(recs[i], err, now_ms)) for i, err in errors]
+        if self.max_sensors_per_partition is not None and len(rows):
+            admitted: dict[int, set[str]] = {}  # new sensor ids let in by this batch, per partition
+            keep = []
+            for k, i in enumerate(rows.index):
+                dl = self._admit(recs[i], rows.reading(k), admitted, now_ms, table, out)
+                if dl is None:
+                    keep.append(k)
+                else:
+                    dls.append((i, dl))
+            if len(keep) < len(rows):
+                rows = rows.take(keep)
+                dls.sort(key=lambda x: x[0])  # input order, whatever the reason
+        out.dead_letters = [dl for _, dl in dls]
+        parts = [recs[i].partition for i in rows.index]
+        by_partition: dict[int, ReadingRows] = {}
+        if parts and parts.count(parts[0]) == len(parts):
+            by_partition[parts[0]] = rows
+        else:
+            groups: dict[int, list[int]] = {}
+            for k, p in enumerate(parts):
+                groups.setdefault(p, []).append(k)
+            by_partition = {p: rows.take(ks) for p, ks in groups.items()}
         for p in sorted(by_partition):
-            recs, readings = by_partition[p]
+            prows = by_partition[p]
             pw = self.partitions.get(p) or self.partition(p, table or ())
-            results = pw.add_batch(readings, [r.offset for r in recs], now_ms)
-            for rec, reading, result in zip(recs, readings, results, strict=True):
+            results = pw.add_rows(prows, [recs[i].offset for i in prows.index], now_ms)
+            n_dup = n_late = 0
+            for k, result in enumerate(results if results.count(None) < len(results) else ()):
                 if result is None:
-                    c.readings_counted += 1
-                elif result == DUPLICATE:
-                    c.duplicates += 1
+                    continue
+                if result == DUPLICATE:
+                    n_dup += 1
                 elif isinstance(result, Late):
-                    c.late += 1
+                    n_late += 1
                     logger.warning(
                         "late reading sensor_id=%s late_by_ms=%d watermark_ms=%d",
-                        reading.sensor_id, result.late_by_ms, result.watermark_ms,
+                        result.reading.sensor_id, result.late_by_ms, result.watermark_ms,
                     )
-                    out.late.append((rec, result))
-        touched = set(by_partition)
-        for p in sorted(touched):
+                    out.late.append((recs[prows.index[k]], result))
+            c.duplicates += n_dup
+            c.late += n_late
+            c.readings_counted += len(results) - n_dup - n_late
+        for p in sorted(by_partition):
             self._close(self.partitions[p], out)
         return out
+
+    def _dead_letter(self, rec: Record, err: InvalidReading, now_ms: int) -> DeadLetter:
+        self.counters.dead_letters += 1
+        source = f"kafka:{rec.topic}/{rec.partition}@{rec.offset}"
+        logger.warning("dead-lettered reading source=%s reason=%s", source, err.reason)
+        return dead_letter(rec.value, err, source=source, now_ms=now_ms, key=rec.key)
 
     def _admit(
         self,
@@ -175,7 +191,7 @@ class Pipeline:
         now_ms: int,
         table: Iterable[tuple[str, Any]] | None,
         out: Output,
-    ) -> bool:
+    ) -> DeadLetter | None:
         """Cardinality guard: a new sensor id beyond the partition's limit is dead-lettered, never tracked."""
         limit = self.max_sensors_per_partition or 0
         p = rec.partition
@@ -183,10 +199,10 @@ class Pipeline:
         new = admitted.setdefault(p, set())
         sid = reading.sensor_id
         if sid in pw.sensors or sid in new:
-            return True
+            return None
         if len(pw.sensors) + len(new) < limit:
             new.add(sid)
-            return True
+            return None
         c = self.counters
         c.dead_letters += 1
         c.cardinality_limited += 1
@@ -196,13 +212,12 @@ class Pipeline:
             f"expected at most {limit} (URBAN_MAX_SENSORS_PER_PARTITION)"
         )
         logger.warning("dead-lettered reading source=%s reason=%s sensor_id=%s", source, CARDINALITY_RULE, sid)
-        err = InvalidReading(CARDINALITY_RULE, detail)
-        out.dead_letters.append(dead_letter(rec.value, err, source=source, now_ms=now_ms, key=rec.key))
         if p not in self._cardinality_alerted:
             self._cardinality_alerted.add(p)
             out.alerts.append(self._cardinality_alert(p, reading, limit, len(pw.sensors) + len(new), now_ms))
             c.alerts += 1
-        return False
+        err = InvalidReading(CARDINALITY_RULE, detail)
+        return dead_letter(rec.value, err, source=source, now_ms=now_ms, key=rec.key)
 
     @staticmethod
     def _cardinality_alert(partition: int, reading: Any, limit: int, tracked: int, now_ms: int) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final, Literal, get_args
@@ -353,6 +354,267 @@ def parse_reading(raw: bytes, *, now_ms: int, max_bytes: int = MAX_PAYLOAD_BYTES
             if reading is not None:
                 return reading
     return _parse_full(raw, now_ms=now_ms, max_bytes=max_bytes)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Shape:
+    """The metric names and units of a reading, in envelope order; one shared object per distinct pair."""
+
+    names: tuple[str, ...]
+    units: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class ReadingRows:
+    """Valid readings of a micro-batch as columns (what :func:`parse_batch` returns).
+
+    Row ``k`` is input message ``index[k]``; ``ident[k]`` is ``(sensor_id, kind, zone, lat, lon)`` and
+    ``values[k]`` holds the metric values in ``shape[k].names`` order. Tuples, shapes and strings are
+    shared between the readings of a sensor, so a row costs a few list slots, not a :class:`Reading`.
+    """
+
+    index: list[int] = field(default_factory=list)
+    ident: list[tuple[str, str, str, float, float]] = field(default_factory=list)
+    ts_ms: list[int] = field(default_factory=list)
+    shape: list[Shape] = field(default_factory=list)
+    values: list[list[float]] = field(default_factory=list)
+    quality: list[tuple[str, ...]] = field(default_factory=list)
+    #: When built from :class:`Reading` objects, those objects (returned by :meth:`reading`).
+    readings: list[Reading] | None = None
+
+    def __len__(self) -> int:
+        return len(self.ts_ms)
+
+    def append(self, i: int, r: Reading) -> None:
+        """Add ``r`` as the reading of input message ``i``."""
+        self.index.append(i)
+        self.ident.append((r.sensor_id, r.kind, r.zone, r.lat, r.lon))
+        self.ts_ms.append(r.ts_ms)
+        names = tuple(r.metrics)
+        self.shape.append(shape_of(names, tuple([r.units.get(m, "") for m in names])))
+        self.values.append(list(r.metrics.values()))
+        self.quality.append(r.quality)
+
+    @classmethod
+    def of(cls, readings: Sequence[Reading]) -> ReadingRows:
+        """Rows of already parsed readings (input message ``k`` is ``readings[k]``)."""
+        rows = cls(readings=list(readings))
+        for i, r in enumerate(readings):
+            rows.append(i, r)
+        return rows
+
+    def reading(self, k: int) -> Reading:
+        """Row ``k`` as a :class:`Reading` (equal to what :func:`parse_reading` returns for its bytes)."""
+        if self.readings is not None:
+            return self.readings[self.index[k]]
+        sid, kind, zone, lat, lon = self.ident[k]
+        shape = self.shape[k]
+        return Reading(
+            sid, kind, zone, lat, lon, self.ts_ms[k], dict(zip(shape.names, self.values[k], strict=True)),
+            dict(zip(shape.names, shape.units, strict=True)), self.quality[k],
+        )
+
+    def take(self, ks: list[int]) -> ReadingRows:
+        """The rows ``ks``, in that order."""
+        return ReadingRows(
+            [self.index[k] for k in ks], list(map(self.ident.__getitem__, ks)), list(map(self.ts_ms.__getitem__, ks)),
+            list(map(self.shape.__getitem__, ks)), list(map(self.values.__getitem__, ks)),
+            list(map(self.quality.__getitem__, ks)), self.readings,
+        )
+
+
+_SHAPES: dict[tuple[tuple[str, ...], tuple[str, ...]], Shape] = {}
+
+
+def shape_of(names: tuple[str, ...], units: tuple[str, ...]) -> Shape:
+    """The shared :class:`Shape` of ``names`` and ``units``."""
+    key = (names, units)
+    shape = _SHAPES.get(key)
+    if shape is None:
+        if len(_SHAPES) >= _MEMO_LIMIT:
+            _SHAPES.clear()
+        shape = _SHAPES[key] = Shape(names, units)
+    return shape
+
+
+# -- the byte-level path of parse_batch ------------------------------------------------------------
+# The canonical envelope (what encode_reading and the simulators write: no spaces, keys in order,
+# plain decimals) is recognised from its bytes. Everything but the timestamp and the metric values is
+# the same in every message of a sensor, so the parts are checked once and memoised by their exact
+# bytes: the sensor prefix (v, sensor_id, kind, zone, location), the skeleton of the metrics object
+# with its values cut out (then matched with one regex per skeleton), the quality list, the timestamp
+# second. Anything else, valid or not, takes parse_reading, so an accepted message always gives the
+# Reading that parse_reading gives, and every error comes from one place.
+#
+# Numbers: at most 15 integer digits and 17 fraction digits, no exponent, no "-0" (a JSON integer
+# -0 is 0, float("-0") is -0.0): |value| < 1e15, finite, and float() of the text is the value orjson
+# reads (both round correctly; tests/unit/streams/test_fast_paths.py checks it).
+_NUM: Final = rb"(?!-0[,}])-?(?:0|[1-9][0-9]{0,14})(?:\.[0-9]{1,17})?"
+_ID_B: Final = rb"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}"
+_PREFIX_RE: Final = re.compile(
+    rb'\{"v":1,"sensor_id":"(' + _ID_B + rb')","kind":"(' + b"|".join(k.encode() for k in sorted(KINDS))
+    + rb')","zone":"(' + _ID_B + rb')","location":\{"lat":(' + _NUM + rb'),"lon":(' + _NUM + rb")\}"
+)
+_VALUE_SPLIT: Final = re.compile(rb'(?<=\{"value":)(' + _NUM + rb")(?=[,}])")
+_NAME_B: Final = rb"[a-z][a-z0-9_]{0,63}"
+_UNIT_B: Final = rb'[^"\\\x00-\x1f]*'
+_ENTRY_RE: Final = re.compile(rb'"(' + _NAME_B + rb')":\{"value":0(?:,"unit":"(' + _UNIT_B + rb')")?\}')
+_ENTRY: Final = rb'"' + _NAME_B + rb'":\{"value":0(?:,"unit":"' + _UNIT_B + rb'")?\}'
+_SKELETON_RE: Final = re.compile(_ENTRY + rb"(?:," + _ENTRY + rb")*")
+_TS_AT: Final = b',"ts":"'
+_METRICS_AT: Final = b'Z","metrics":{'
+_QUALITY_AT: Final = b'},"quality":['
+_SKELETON_LIMIT: Final = 1024  # compiled regexes
+#: sensor prefix bytes -> [(sensor_id, kind, zone, lat, lon), last Shape, its regex]
+_PREFIXES: dict[bytes, list[Any]] = {}
+_SKELETONS: dict[tuple[bytes, ...], tuple[Shape, re.Pattern[bytes]]] = {}
+_QUALITIES: dict[bytes, tuple[str, ...]] = {b"": ()}
+_TS_SECONDS_B: dict[bytes, int] = {}
+_SEEN: dict[int, None] = {}  # hashes of prefixes and skeletons seen once
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any, limit: int = _MEMO_LIMIT) -> Any:
+    if len(cache) >= limit:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
+def _second_sighting(key: object) -> bool:
+    """Whether ``key`` was seen before; parts are memoised from their second message only, so a flood
+    of one-off sensor ids or metric names costs a hash each, not a memo entry."""
+    h = hash(key)
+    if h in _SEEN:
+        return True
+    _remember(_SEEN, h, None)
+    return False
+
+
+def _learn_prefix(prefix: bytes) -> list[Any] | None:
+    if not _second_sighting(prefix):
+        return None
+    m = _PREFIX_RE.fullmatch(prefix)
+    if m is None:
+        return None
+    lat, lon = float(m[4]), float(m[5])
+    if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
+        return None
+    kind = next(k for k in KINDS if k == m[2].decode())  # the shared string
+    return _remember(_PREFIXES, prefix, [(m[1].decode(), kind, m[3].decode(), lat, lon), None, None])
+
+
+def _learn_skeleton(sensor: list[Any], seg: bytes) -> list[float] | None:
+    """The values of metrics object ``seg`` when its skeleton is canonical; remember it for ``sensor``."""
+    parts = _VALUE_SPLIT.split(seg)
+    pieces = tuple(parts[0::2])
+    known = _SKELETONS.get(pieces)
+    if known is None:
+        if not _second_sighting(pieces):
+            return None
+        text = b"0".join(pieces)
+        if _SKELETON_RE.fullmatch(text) is None:
+            return None
+        names, units = [], []
+        for m in _ENTRY_RE.finditer(text):
+            try:
+                unit = (m[2] or b"").decode()
+            except UnicodeDecodeError:
+                return None
+            if not _UNIT_RE.fullmatch(unit):
+                return None
+            names.append(m[1].decode())
+            units.append(unit)
+        if len(names) != len(pieces) - 1 or len(set(names)) != len(names) or len(names) > MAX_METRICS:
+            return None
+        rx = re.compile((b"(" + _NUM + b")").join(re.escape(x) for x in pieces))
+        known = _remember(_SKELETONS, pieces, (shape_of(tuple(names), tuple(units)), rx), _SKELETON_LIMIT)
+    sensor[1], sensor[2] = known
+    return list(map(float, parts[1::2]))
+
+
+def _learn_quality(body: bytes) -> tuple[str, ...] | None:
+    try:
+        q = orjson.loads(b"[" + body + b"]")
+    except orjson.JSONDecodeError:
+        return None
+    if len(q) > MAX_QUALITY_FLAGS or not all(type(f) is str and _NAME_RE.fullmatch(f) for f in q):
+        return None
+    return _remember(_QUALITIES, body, tuple(q))
+
+
+def _learn_seconds(text: bytes) -> int | None:
+    if not text.isascii():
+        return None
+    ms = _ts_seconds_ms(text.decode())
+    return None if ms is None else _remember(_TS_SECONDS_B, text, ms)
+
+
+def parse_batch(  # noqa: C901, PLR0912 - one loop, kept flat: it runs once per message
+    raws: Sequence[bytes], *, now_ms: int, max_bytes: int = MAX_PAYLOAD_BYTES
+) -> tuple[ReadingRows, list[tuple[int, InvalidReading]]]:
+    """Validate a micro-batch: :func:`parse_reading` of each message, as columns.
+
+    Returns the valid readings as :class:`ReadingRows` (``reading(k)`` equals what
+    :func:`parse_reading` returns for message ``index[k]``) and ``(i, error)`` for every other message
+    ``i``, in input order, with the error :func:`parse_reading` raises.
+
+    >>> rows, errors = parse_batch([b"{", encode_reading(sensor_id="s1", kind="iot", zone="futian", lat=22.5,
+    ...     lon=114.0, ts_ms=1_700_000_000_000, metrics={"power_kw": (3.5, "kW")})], now_ms=1_700_000_000_000)
+    >>> (rows.index, rows.ident[0][0], rows.values, [(i, e.reason) for i, e in errors])
+    ([1], 's1', [[3.5]], [(0, 'bad_json')])
+    """
+    rows = ReadingRows()
+    index, ident, ts_col, shape_col, values, quality = (
+        rows.index, rows.ident, rows.ts_ms, rows.shape, rows.values, rows.quality
+    )
+    errors: list[tuple[int, InvalidReading]] = []
+    prefixes, qualities, seconds = _PREFIXES, _QUALITIES, _TS_SECONDS_B
+    hi_ts = now_ms + MAX_FUTURE_MS
+    for i, raw in enumerate(raws):
+        # <prefix>,"ts":"YYYY-MM-DDTHH:MM:SS.fffZ","metrics":{<entries>}} or ...}},"quality":[<flags>]}
+        j = raw.find(_TS_AT, 0, 512)
+        if j > 0 and len(raw) <= max_bytes and raw[j + 30 : j + 44] == _METRICS_AT and raw[j + 26] == 46:  # "."
+            sensor = prefixes.get(raw[:j])
+            if sensor is None:
+                sensor = _learn_prefix(raw[:j])
+            secs = seconds.get(raw[j + 7 : j + 26])
+            if secs is None:
+                secs = _learn_seconds(raw[j + 7 : j + 26])
+            frac = raw[j + 27 : j + 30]
+            if sensor is not None and secs is not None and frac.isdigit():
+                ts_ms = secs + int(frac)
+                tail = raw[-2:]
+                q: tuple[str, ...] | None = None
+                if tail == b"}}":
+                    q = ()
+                    seg = raw[j + 44 : -2]
+                elif tail == b"]}":
+                    k = raw.rfind(_QUALITY_AT, j + 44)
+                    if k > 0:
+                        body = raw[k + 13 : -2]
+                        q = qualities.get(body)
+                        if q is None:
+                            q = _learn_quality(body)
+                        seg = raw[j + 44 : k]
+                if q is not None and MIN_TS_MS <= ts_ms <= hi_ts:
+                    rx = sensor[2]
+                    m = rx.fullmatch(seg) if rx is not None else None
+                    vals = list(map(float, m.groups())) if m is not None else _learn_skeleton(sensor, seg)
+                    if vals is not None:
+                        index.append(i)
+                        ident.append(sensor[0])
+                        ts_col.append(ts_ms)
+                        shape_col.append(sensor[1])
+                        values.append(vals)
+                        quality.append(q)
+                        continue
+        try:
+            reading = parse_reading(raw, now_ms=now_ms, max_bytes=max_bytes)
+        except InvalidReading as err:
+            errors.append((i, err))
+            continue
+        rows.append(i, reading)
+    return rows, errors
 
 
 def _parse_full(raw: bytes, *, now_ms: int, max_bytes: int) -> Reading:

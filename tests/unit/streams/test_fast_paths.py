@@ -1,21 +1,26 @@
 """The performance fast paths give exactly what the straightforward code gives.
 
-* ``parse_reading`` (memoised checks for the canonical envelope) against ``_parse_full`` (every
-  check, in order): equal readings, or the same reason and message.
-* ``PartitionWindows.sensor_states`` (one numpy pass per store) against ``sensor_state`` per sensor.
+* ``parse_reading`` (memoised checks for the canonical envelope) and ``parse_batch`` (the canonical
+  envelope recognised from its bytes, as columns) against ``_parse_full`` (every check, in order):
+  equal readings, or the same reason and message.
+* ``PartitionWindows.take_dirty`` (packed cells, one numpy pass) against ``sensor_state`` per sensor (the
+  readable form): restoring either gives the state that was exported.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simulators import build_city, generate, malformed_corpus
+from streams import schema
 from streams.engine import PartitionWindows, WindowDef, WindowSpec
 from streams.errors import InvalidReading
-from streams.schema import MAX_PAYLOAD_BYTES, _parse_full, encode_reading, parse_reading
+from streams.panes import FREE, PaneStore
+from streams.schema import MAX_PAYLOAD_BYTES, _parse_full, encode_reading, format_ts, parse_batch, parse_reading
 
 NOW = 1_800_000_000_000
 
@@ -28,8 +33,21 @@ def outcome(fn: object, raw: bytes) -> object:
     return ("ok", r, repr(r))
 
 
+def batch_outcomes(raws: list[bytes]) -> list[object]:
+    rows, errors = parse_batch(raws, now_ms=NOW, max_bytes=MAX_PAYLOAD_BYTES)
+    got: dict[int, object] = {i: ("error", err.reason, str(err)) for i, err in errors}
+    for k, i in enumerate(rows.index):
+        r = rows.reading(k)
+        got[i] = ("ok", r, repr(r))
+    assert len(got) == len(raws)
+    return [got[i] for i in range(len(raws))]
+
+
 def assert_same(raw: bytes) -> None:
-    assert outcome(parse_reading, raw) == outcome(_parse_full, raw), raw
+    want = outcome(_parse_full, raw)
+    assert outcome(parse_reading, raw) == want, raw
+    # cold, seen once, memoised: parse_batch learns a sensor's parts from its second message
+    assert batch_outcomes([raw, raw, raw]) == [want] * 3, raw
 
 
 def city_payloads(n_sensors: int = 48, steps: int = 3) -> list[bytes]:
@@ -41,8 +59,81 @@ def city_payloads(n_sensors: int = 48, steps: int = 3) -> list[bytes]:
 
 
 def test_generated_readings_equal() -> None:
-    for raw in city_payloads():
+    payloads = city_payloads()
+    for raw in payloads:
         assert_same(raw)
+    want = [outcome(_parse_full, raw) for raw in payloads]
+    assert batch_outcomes(payloads) == want
+
+
+def test_batch_takes_the_byte_path_for_canonical_envelopes() -> None:
+    payloads = city_payloads(20, 4)
+    batch_outcomes(payloads)  # learn
+    calls = 0
+    real = schema.parse_reading
+
+    def counting(raw: bytes, **kw: object) -> object:
+        nonlocal calls
+        calls += 1
+        return real(raw, **kw)  # type: ignore[arg-type]
+
+    schema.parse_reading = counting  # type: ignore[assignment]
+    try:
+        rows, errors = parse_batch(payloads, now_ms=NOW)
+    finally:
+        schema.parse_reading = real
+    assert calls == 0 and not errors and len(rows) == len(payloads)
+    assert len({id(x) for x in rows.shape}) <= 4  # shared per kind
+
+
+def envelope(values: list[bytes], *, quality: bytes = b"", lat: bytes = b"22.5", ts: bytes = b"") -> bytes:
+    metrics = b",".join(b'"m%d":{"value":%s,"unit":"u"}' % (i, v) for i, v in enumerate(values))
+    ts = ts or format_ts(NOW - 1000).encode()
+    q = b',"quality":[' + quality + b"]" if quality else b""
+    return (
+        b'{"v":1,"sensor_id":"s-1","kind":"iot","zone":"futian","location":{"lat":' + lat + b',"lon":114.0},'
+        b'"ts":"' + ts + b'","metrics":{' + metrics + b"}" + q + b"}"
+    )
+
+
+NUMBER_TEXT = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False).map(lambda f: repr(f).encode()),
+    st.integers(-(10**17), 10**17).map(lambda n: str(n).encode()),
+    st.from_regex(r"-?(0|[1-9][0-9]{0,17})(\.[0-9]{1,20})?([eE][+-]?[0-9]{1,3})?", fullmatch=True).map(str.encode),
+    st.sampled_from(
+        [b"-0", b"-0.0", b"0", b"0.0", b"00", b"01.5", b"1.", b".5", b"+1", b"1e400", b"-", b"1_0", b"NaN"]
+    ),
+)
+
+
+@given(st.lists(NUMBER_TEXT, min_size=1, max_size=4), NUMBER_TEXT)
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+def test_number_texts_same_outcome(values: list[bytes], lat: bytes) -> None:
+    assert_same(envelope(values, lat=lat))
+
+
+@pytest.mark.parametrize(
+    "quality", [b'"calibrating"', b'"a","b"', b' "a" ', b'"A"', b"1", b'"a"],"x":["b"', b'"\\u0061"', b'["a"]']
+)
+def test_quality_texts_same_outcome(quality: bytes) -> None:
+    assert_same(envelope([b"1.5"], quality=quality))
+
+
+@given(st.data())
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+def test_byte_mutations_same_outcome(data: st.DataObject) -> None:
+    raw = bytearray(data.draw(st.sampled_from(city_payloads(8, 1) + [envelope([b"2.5", b"-3"], quality=b'"x"')])))
+    for _ in range(data.draw(st.integers(1, 3))):
+        at = data.draw(st.integers(0, len(raw) - 1))
+        op = data.draw(st.sampled_from(["set", "insert", "delete"]))
+        byte = data.draw(st.sampled_from([*b'"{}[],:.-0129eE \\xZ', 0x80, 0xC3, 0xFF, 0x00]))
+        if op == "set":
+            raw[at] = byte
+        elif op == "insert":
+            raw.insert(at, byte)
+        else:
+            del raw[at]
+    assert_same(bytes(raw))
 
 
 def test_malformed_corpus_same_errors() -> None:
@@ -94,19 +185,71 @@ def test_overrides_same_outcome(overrides: dict[str, object]) -> None:
     assert_same(orjson.dumps({**BASE, **overrides}))
 
 
+def cells(pw: PartitionWindows) -> dict[object, object]:
+    """Everything a restore must bring back: sensor metadata and every open pane cell, by name."""
+    out: dict[object, object] = {
+        ("closed", si): getattr(store, "closed_end", None) for si, store in enumerate(pw.stores)
+    }
+    for sid, meta in pw.sensors.items():
+        out[sid] = (meta.kind, meta.zone, meta.offset, dict(meta.units))
+        for metric, slot in meta.slots.items():
+            for si, store in enumerate(pw.stores):
+                if not isinstance(store, PaneStore) or slot >= store.cap:
+                    continue
+                for r in np.flatnonzero(store.pid[slot] != FREE).tolist():
+                    out[(sid, metric, si, int(store.pid[slot, r]))] = (
+                        store.acc[slot, r].tobytes(), int(store.sk_off[slot, r]), store.sk[slot, r].tolist()
+                    )
+    return out
+
+
+def restored(spec: WindowSpec, docs: dict[str, dict[str, object]], partition: int = 3) -> PartitionWindows:
+    """A fresh partition restored from table documents (round-tripped through JSON, as the changelog does)."""
+    back = PartitionWindows(spec, partition)
+    for sid, doc in orjson.loads(orjson.dumps(docs)).items():
+        back.restore(sid, doc)
+    return back
+
+
 @pytest.mark.parametrize("extra", [(), (WindowDef.parse("hopping:5m/1m"),)])
-def test_sensor_states_equal_per_sensor(extra: tuple[WindowDef, ...]) -> None:
+def test_packed_state_restores_like_the_readable_form(extra: tuple[WindowDef, ...]) -> None:
     city = build_city(60, seed=2)
     readings = []
     for batch in generate(city, start_ms=NOW - 3_600_000, interval_ms=7_000, steps=60, seed=6):
         readings.extend(parse_reading(p, now_ms=NOW) for _, p in batch.to_messages())
-    pw = PartitionWindows(WindowSpec(extra=extra), 3)
+    spec = WindowSpec(extra=extra)
+    pw = PartitionWindows(spec, 3)
+    table: dict[str, dict[str, object]] = {}
     for lo in range(0, len(readings), 97):
         chunk = readings[lo : lo + 97]
         pw.add_batch(chunk, list(range(lo, lo + len(chunk))), NOW)
         pw.close_ready()
-        sids = sorted(pw.dirty)
-        slow = {sid: pw.sensor_state(sid) for sid in sids}
-        fast = pw.take_dirty()
-        assert list(fast) == sids
-        assert repr(fast) == repr(slow)
+        sids = sorted(pw.dirty, key=lambda sid: pw.sensors[sid].idx)
+        readable = {sid: pw.sensor_state(sid) for sid in sids}
+        packed = pw.take_dirty()
+        assert list(packed) == sids and not pw.dirty
+        table.update(packed)
+        # the dirty sensors' documents alone restore them exactly
+        assert cells(restored(spec, packed)) == cells(restored(spec, readable))
+        # and the table (documents of every batch, latest per key) restores the whole partition
+        want = cells(pw)
+        got = cells(restored(spec, table))
+        assert {k: v for k, v in got.items() if k[0] != "closed"} == {
+            k: v for k, v in want.items() if k[0] != "closed"
+        }
+    assert sum(len(pw.sensor_state(s)["w"]) for s in pw.sensors) > 0  # the test saw open panes
+
+
+def test_packed_state_with_widened_sketch_counters() -> None:
+    spec = WindowSpec(60_000, 0, 0, 30_000)
+    pw = PartitionWindows(spec)
+    slot = pw.register("s", "iot", "futian", {"power_kw": "kW", "load": ""})
+    n = 70_000  # more values in one window than a uint16 counter holds
+    ts = np.full(n, 1_000, dtype=np.int64)
+    pw.add_columns(np.full(n, slot[0], dtype=np.int64), ts, np.full(n, 5.0))
+    pw.add_columns(np.full(3, slot[1], dtype=np.int64), ts[:3], np.array([1.0, 2.0, -3.0]))
+    pw.dirty.add("s")
+    docs = pw.take_dirty()
+    assert docs["s"]["bw"] == 8
+    assert cells(restored(spec, docs, 0)) == cells(restored(spec, {"s": pw.sensor_state("s")}, 0))
+    assert max(cells(restored(spec, docs, 0))[("s", "power_kw", 0, 0)][2]) == n
