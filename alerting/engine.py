@@ -73,6 +73,8 @@ class Track:
     folded: bool = False
     escalate_at_ms: int | None = None
     last_seen_ms: int = -1
+    #: silence tracks: the source (windows-stage) partition the sensor's aggregates come from
+    src: int = -1
     series: deque[list[float]] = field(default_factory=lambda: deque(maxlen=30))
     #: zone incidents: sensor id -> [last alarm end_ms, active 0/1, first_ts_ms, start_ms, value]
     members: dict[str, list[float]] = field(default_factory=dict)
@@ -124,6 +126,10 @@ class AlertEngine:
         self.by_alert: dict[str, str] = {}
         self.open: set[str] = set()  # tracks with an active, published alert (escalation)
         self.event_ms: int | None = None
+        #: newest window end per source partition (the aggregates' ``src``): silence is judged on
+        #: the clock of the sensor's own source, so a source that lags behind the others (a replay
+        #: or backlog consumed unevenly) does not make its sensors look silent.
+        self.src_ms: dict[int, int] = {}
         self.event_wall_ms = 0
         self.counters = EngineCounters()
         self._dirty: set[str] = set()
@@ -225,6 +231,8 @@ class AlertEngine:
             latest = max(t.last_end_ms, t.last_seen_ms)
             if latest > 0:
                 self._advance(latest, now_ms)
+            if t.src >= 0 and t.last_seen_ms > self.src_ms.get(t.src, -1):
+                self.src_ms[t.src] = t.last_seen_ms
             n += 1
         return n
 
@@ -252,10 +260,14 @@ class AlertEngine:
         c = self.counters
         by_metric = self._by_metric
         silence = self._silence
+        src_ms = self.src_ms
         for agg in aggregates:
             c.aggregates += 1
             end = agg["end_ms"]
             self._advance(end, now_ms)
+            src = agg.get("src")
+            if src is not None and end > src_ms.get(src, -1):
+                src_ms[src] = end
             kind, metric = agg["kind"], agg["metric"]
             for key in ((kind, metric), (None, metric), (kind, None), (None, None)):
                 rules = by_metric.get(key)
@@ -469,6 +481,10 @@ class AlertEngine:
         t = self._track(rule.name, agg, partition, per_metric=False)
         if t.last_seen_ms < 0:
             self._silence_keys.add(t.key)
+        src = agg.get("src")
+        if src is not None and src != t.src:
+            t.src = int(src)
+            self._dirty.add(t.key)
         last = int(agg.get("last_ts_ms", agg["end_ms"] - 1))
         if last <= t.last_seen_ms:
             return
@@ -488,6 +504,7 @@ class AlertEngine:
         if not self._silence:
             return
         rules = self._silence_rules
+        lead = self.event_ms
         for key in sorted(self._silence_keys):
             t = self.tracks.get(key)
             rule = rules.get(t.rule) if t is not None else None
@@ -496,8 +513,13 @@ class AlertEngine:
             due = t.last_seen_ms + rule.silent_ms
             if ts < due:
                 continue
+            # The event clock of the sensor's own source: the lead, minus how far that source trails.
+            src_end = self.src_ms.get(t.src) if t.src >= 0 else None
+            now_t = ts - (lead - src_end) if src_end is not None and lead is not None and lead > src_end else ts
+            if now_t < due:
+                continue
             t.active = True
-            silent_s = (ts - t.last_seen_ms) / 1000
+            silent_s = (now_t - t.last_seen_ms) / 1000
             message = (
                 f"{t.kind} sensor {t.sensor_id} in {t.zone}: no reading for {silent_s:.0f} s "
                 f"(> {rule.silent_ms / 1000:g} s)"
@@ -506,9 +528,9 @@ class AlertEngine:
                         "series": list(t.series), "sensors": [], "last_reading_ts_ms": t.last_seen_ms}
             rec = self._new_record(
                 rule.name, rule.category, rule.severity, "sensor", t.sensor_id, t.zone, t.kind, None,
-                silent_s, rule.silent_ms / 1000, message, evidence, t.last_seen_ms, due, ts,
+                silent_s, rule.silent_ms / 1000, message, evidence, t.last_seen_ms, due, now_t,
             )
-            rec["latency_ms"] = ts - due  # detection delay: there is no triggering reading
+            rec["latency_ms"] = now_t - due  # detection delay: there is no triggering reading
             self._open(t, rec, False, rule.escalate_after_ms)
 
     # -- zone rules -------------------------------------------------------------------------------

@@ -262,6 +262,8 @@ def attach_alerting(  # noqa: C901 - one place that wires it all
             for e in events:
                 agg = orjson.loads(e.value)
                 if engine.wants(agg):
+                    # The source partition: its own event clock judges the silence of its sensors.
+                    agg["src"] = e.message.partition
                     by_zone[agg["zone"]].append(agg)
             for zone, aggs in by_zone.items():
                 await routed.send(key=zone.encode(), value=orjson.dumps({"t": "aggs", "aggs": aggs}))

@@ -226,6 +226,23 @@ def test_a_replay_does_not_look_silent() -> None:
         assert eng.tick(wall + i * 10 + 5) == []
 
 
+def test_a_lagging_source_does_not_make_its_sensors_look_silent() -> None:
+    """Source partitions consumed unevenly (a backlog): each sensor is judged on its own source's clock."""
+    eng = AlertEngine(rules(QUALITY))
+    ahead, behind = "env-futian-0002", "env-futian-0001"
+    run(eng, [{**make_agg(i=0, value=20), "src": 1}, {**make_agg(ahead, 0, 20), "src": 0}])
+    # source 0 runs 20 windows ahead; source 1 has not been consumed further yet
+    out = run(eng, [{**make_agg(ahead, i, 20), "src": 0} for i in range(1, 20)], now=T0 + W)
+    assert out == [] and eng.tick(T0 + W) == []
+    # source 1 catches up: sensor 0001 did report all along, nothing to say
+    assert run(eng, [{**make_agg(i=i, value=20), "src": 1} for i in range(1, 20)], now=T0 + W) == []
+    # now source 1 moves on without sensor 0001 (another sensor of source 1 reports): silent
+    other = "env-futian-0003"
+    out = run(eng, [{**make_agg(other, i, 20), "src": 1} for i in range(20, 27)], now=T0 + W)
+    assert [(r["rule"], r["sensor_id"], r["state"]) for r in out] == [("silent", behind, "raised")]
+    assert out[0]["ts_ms"] - out[0]["first_reading_ts_ms"] >= 5 * W
+
+
 def test_rate_of_change_and_anomaly_without_score() -> None:
     text = """
 [[rule]]
