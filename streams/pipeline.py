@@ -129,34 +129,31 @@ class Pipeline:
         c = self.counters
         recs = records if isinstance(records, list) else list(records)
         c.readings_in += len(recs)
-        rows, errors = parse_batch([r.value for r in recs], now_ms=now_ms, max_bytes=self.max_payload_bytes)
-        dls = [(i, self._dead_letter(recs[i], err, now_ms)) for i, err in errors]
-        if self.max_sensors_per_partition is not None and len(rows):
-            admitted: dict[int, set[str]] = {}  # new sensor ids let in by this batch, per partition
-            keep = []
-            for k, i in enumerate(rows.index):
-                dl = self._admit(recs[i], rows.reading(k), admitted, now_ms, table, out)
-                if dl is None:
-                    keep.append(k)
-                else:
-                    dls.append((i, dl))
-            if len(keep) < len(rows):
-                rows = rows.take(keep)
-                dls.sort(key=lambda x: x[0])  # input order, whatever the reason
+        groups: dict[int, list[int]] = {}  # input positions per partition
+        for i, rec in enumerate(recs):
+            group = groups.get(rec.partition)
+            if group is None:
+                group = groups[rec.partition] = []
+            group.append(i)
+        dls: list[tuple[int, DeadLetter]] = []
+        by_partition: dict[int, tuple[list[Record], ReadingRows]] = {}
+        at: dict[int, list[int]] = {}
+        for p, idx in groups.items():
+            precs = recs if len(groups) == 1 else [recs[i] for i in idx]
+            at[p] = idx
+            rows, errors = parse_batch([r.value for r in precs], now_ms=now_ms, max_bytes=self.max_payload_bytes)
+            dls += [(idx[i], self._dead_letter(precs[i], err, now_ms)) for i, err in errors]
+            if len(rows):
+                by_partition[p] = (precs, rows)
+        if self.max_sensors_per_partition is not None and by_partition:
+            self._admit_all(by_partition, at, dls, now_ms, table, out)
+        if len(groups) > 1:
+            dls.sort(key=lambda x: x[0])  # input order
         out.dead_letters = [dl for _, dl in dls]
-        parts = [recs[i].partition for i in rows.index]
-        by_partition: dict[int, ReadingRows] = {}
-        if parts and parts.count(parts[0]) == len(parts):
-            by_partition[parts[0]] = rows
-        else:
-            groups: dict[int, list[int]] = {}
-            for k, p in enumerate(parts):
-                groups.setdefault(p, []).append(k)
-            by_partition = {p: rows.take(ks) for p, ks in groups.items()}
         for p in sorted(by_partition):
-            prows = by_partition[p]
+            precs, prows = by_partition[p]
             pw = self.partitions.get(p) or self.partition(p, table or ())
-            results = pw.add_rows(prows, [recs[i].offset for i in prows.index], now_ms)
+            results = pw.add_rows(prows, [precs[i].offset for i in prows.index], now_ms)
             n_dup = n_late = 0
             for k, result in enumerate(results if results.count(None) < len(results) else ()):
                 if result is None:
@@ -169,13 +166,40 @@ class Pipeline:
                         "late reading sensor_id=%s late_by_ms=%d watermark_ms=%d",
                         result.reading.sensor_id, result.late_by_ms, result.watermark_ms,
                     )
-                    out.late.append((recs[prows.index[k]], result))
+                    out.late.append((precs[prows.index[k]], result))
             c.duplicates += n_dup
             c.late += n_late
             c.readings_counted += len(results) - n_dup - n_late
         for p in sorted(by_partition):
             self._close(self.partitions[p], out)
         return out
+
+    def _admit_all(
+        self,
+        by_partition: dict[int, tuple[list[Record], ReadingRows]],
+        at: dict[int, list[int]],
+        dls: list[tuple[int, DeadLetter]],
+        now_ms: int,
+        table: Iterable[tuple[str, Any]] | None,
+        out: Output,
+    ) -> None:
+        """Apply :meth:`_admit` to every row in input order; drop the refused rows from ``by_partition``."""
+        order = sorted((at[p][i], p, k) for p, (_, rows) in by_partition.items() for k, i in enumerate(rows.index))
+        admitted: dict[int, set[str]] = {}  # new sensor ids let in by this batch, per partition
+        refused: dict[int, set[int]] = {}
+        for g, p, k in order:
+            precs, rows = by_partition[p]
+            dl = self._admit(precs[rows.index[k]], rows.reading(k), admitted, now_ms, table, out)
+            if dl is not None:
+                dls.append((g, dl))
+                refused.setdefault(p, set()).add(k)
+        for p, ks in refused.items():
+            precs, rows = by_partition[p]
+            if len(ks) == len(rows):
+                del by_partition[p]
+            else:
+                by_partition[p] = (precs, rows.take([k for k in range(len(rows)) if k not in ks]))
+        dls.sort(key=lambda x: x[0])
 
     def _dead_letter(self, rec: Record, err: InvalidReading, now_ms: int) -> DeadLetter:
         self.counters.dead_letters += 1

@@ -442,9 +442,10 @@ def shape_of(names: tuple[str, ...], units: tuple[str, ...]) -> Shape:
 # plain decimals) is recognised from its bytes. Everything but the timestamp and the metric values is
 # the same in every message of a sensor, so the parts are checked once and memoised by their exact
 # bytes: the sensor prefix (v, sensor_id, kind, zone, location), the skeleton of the metrics object
-# with its values cut out (then matched with one regex per skeleton), the quality list, the timestamp
-# second. Anything else, valid or not, takes parse_reading, so an accepted message always gives the
-# Reading that parse_reading gives, and every error comes from one place.
+# with its values cut out (the rest of a message is then matched with one regex per skeleton), the
+# quality list, the timestamp second. Anything else, valid or not, takes parse_reading, so an
+# accepted message always gives the Reading that parse_reading gives, and every error comes from one
+# place.
 #
 # Numbers: at most 15 integer digits and 17 fraction digits, no exponent, no "-0" (a JSON integer
 # -0 is 0, float("-0") is -0.0): |value| < 1e15, finite, and float() of the text is the value orjson
@@ -462,8 +463,9 @@ _ENTRY_RE: Final = re.compile(rb'"(' + _NAME_B + rb')":\{"value":0(?:,"unit":"('
 _ENTRY: Final = rb'"' + _NAME_B + rb'":\{"value":0(?:,"unit":"' + _UNIT_B + rb'")?\}'
 _SKELETON_RE: Final = re.compile(_ENTRY + rb"(?:," + _ENTRY + rb")*")
 _TS_AT: Final = b',"ts":"'
-_METRICS_AT: Final = b'Z","metrics":{'
 _QUALITY_AT: Final = b'},"quality":['
+_TAIL_HEAD: Final = rb',"ts":"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})\.([0-9]{3})Z","metrics":\{'
+_TAIL_END: Final = rb'\}(?:\}|,"quality":\[(.*)\]\})'
 _SKELETON_LIMIT: Final = 1024  # compiled regexes
 #: sensor prefix bytes -> [(sensor_id, kind, zone, lat, lon), last Shape, its regex]
 _PREFIXES: dict[bytes, list[Any]] = {}
@@ -503,9 +505,11 @@ def _learn_prefix(prefix: bytes) -> list[Any] | None:
     return _remember(_PREFIXES, prefix, [(m[1].decode(), kind, m[3].decode(), lat, lon), None, None])
 
 
-def _learn_skeleton(sensor: list[Any], seg: bytes) -> list[float] | None:
-    """The values of metrics object ``seg`` when its skeleton is canonical; remember it for ``sensor``."""
-    parts = _VALUE_SPLIT.split(seg)
+def _learn_skeleton(sensor: list[Any], raw: bytes, j: int) -> re.Match[bytes] | None:
+    """Match ``raw`` from ``j`` (its ``,"ts":"``) when its metrics skeleton is canonical; remember the
+    skeleton's regex for ``sensor``."""
+    end = raw.rfind(_QUALITY_AT, j) if raw[-2:] == b"]}" else len(raw) - 2
+    parts = _VALUE_SPLIT.split(raw[j + 44 : end])
     pieces = tuple(parts[0::2])
     known = _SKELETONS.get(pieces)
     if known is None:
@@ -526,10 +530,10 @@ def _learn_skeleton(sensor: list[Any], seg: bytes) -> list[float] | None:
             units.append(unit)
         if len(names) != len(pieces) - 1 or len(set(names)) != len(names) or len(names) > MAX_METRICS:
             return None
-        rx = re.compile((b"(" + _NUM + b")").join(re.escape(x) for x in pieces))
+        rx = re.compile(_TAIL_HEAD + (b"(" + _NUM + b")").join(re.escape(x) for x in pieces) + _TAIL_END, re.DOTALL)
         known = _remember(_SKELETONS, pieces, (shape_of(tuple(names), tuple(units)), rx), _SKELETON_LIMIT)
     sensor[1], sensor[2] = known
-    return list(map(float, parts[1::2]))
+    return known[1].fullmatch(raw, j)
 
 
 def _learn_quality(body: bytes) -> tuple[str, ...] | None:
@@ -573,39 +577,29 @@ def parse_batch(  # noqa: C901, PLR0912 - one loop, kept flat: it runs once per 
     for i, raw in enumerate(raws):
         # <prefix>,"ts":"YYYY-MM-DDTHH:MM:SS.fffZ","metrics":{<entries>}} or ...}},"quality":[<flags>]}
         j = raw.find(_TS_AT, 0, 512)
-        if j > 0 and len(raw) <= max_bytes and raw[j + 30 : j + 44] == _METRICS_AT and raw[j + 26] == 46:  # "."
+        if j > 0 and len(raw) <= max_bytes:
             sensor = prefixes.get(raw[:j])
             if sensor is None:
                 sensor = _learn_prefix(raw[:j])
-            secs = seconds.get(raw[j + 7 : j + 26])
-            if secs is None:
-                secs = _learn_seconds(raw[j + 7 : j + 26])
-            frac = raw[j + 27 : j + 30]
-            if sensor is not None and secs is not None and frac.isdigit():
-                ts_ms = secs + int(frac)
-                tail = raw[-2:]
-                q: tuple[str, ...] | None = None
-                if tail == b"}}":
-                    q = ()
-                    seg = raw[j + 44 : -2]
-                elif tail == b"]}":
-                    k = raw.rfind(_QUALITY_AT, j + 44)
-                    if k > 0:
-                        body = raw[k + 13 : -2]
-                        q = qualities.get(body)
-                        if q is None:
-                            q = _learn_quality(body)
-                        seg = raw[j + 44 : k]
-                if q is not None and MIN_TS_MS <= ts_ms <= hi_ts:
-                    rx = sensor[2]
-                    m = rx.fullmatch(seg) if rx is not None else None
-                    vals = list(map(float, m.groups())) if m is not None else _learn_skeleton(sensor, seg)
-                    if vals is not None:
+            if sensor is not None:
+                # one regex per metrics skeleton: the timestamp, the values and the quality list
+                m = sensor[2].fullmatch(raw, j) if sensor[2] is not None else None
+                if m is None:
+                    m = _learn_skeleton(sensor, raw, j)
+                if m is not None:
+                    g = m.groups()
+                    secs = seconds.get(g[0])
+                    if secs is None:
+                        secs = _learn_seconds(g[0])
+                    q = () if g[-1] is None else qualities.get(g[-1])
+                    if q is None:
+                        q = _learn_quality(g[-1])
+                    if secs is not None and q is not None and MIN_TS_MS <= secs + int(g[1]) <= hi_ts:
                         index.append(i)
                         ident.append(sensor[0])
-                        ts_col.append(ts_ms)
+                        ts_col.append(secs + int(g[1]))
                         shape_col.append(sensor[1])
-                        values.append(vals)
+                        values.append(list(map(float, g[2:-1])))
                         quality.append(q)
                         continue
         try:

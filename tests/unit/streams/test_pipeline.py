@@ -51,3 +51,24 @@ def test_state_restores_from_table_rows_and_deduplicates() -> None:
     b.partitions[1].max_ts_ms += 10**9
     total = b.tick(NOW + 10**9).aggregates + out2.aggregates + out.aggregates
     assert sum(x["count"] for x in total) == 30
+
+
+def test_mixed_partitions_keep_input_order_of_dead_letters_and_counts() -> None:
+    p = Pipeline(WindowSpec(60_000, 0, 0, 5_000), (), max_sensors_per_partition=2)
+    base = NOW - 600_000
+    recs = []
+    for i in range(30):
+        part = i % 3
+        if i % 7 == 3:
+            recs.append(Record(part, i, b"{broken", None, "t"))
+        else:
+            recs.append(Record(part, i, payload(f"s{i % 5}", base + i * 1000, float(i)), None, "t"))
+    out = p.process(recs, NOW)
+    sources = [dict(d.headers)["urban.dlq.source"] for d in out.dead_letters]
+    offsets = [int(s.rsplit(b"@", 1)[1]) for s in sources]
+    assert offsets == sorted(offsets) and len(offsets) == p.counters.dead_letters
+    reasons = {d.reason for d in out.dead_letters}
+    assert reasons == {"bad_json", "cardinality_limit"}
+    c = p.counters
+    assert c.readings_in == 30 and c.readings_counted + c.dead_letters == 30
+    assert all(len(pw.sensors) <= 2 for pw in p.partitions.values())
