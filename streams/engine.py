@@ -630,8 +630,7 @@ class PartitionWindows:
             rec["off"] = store.sk_off[c, ring]
             rec["acc"] = store.acc[c, ring]
             rec["sk"] = counts = store.sk[c, ring]
-            nz = counts != 0
-            rec["n"] = np.where(nz.any(axis=1), sketch.K - nz.argmax(axis=1), 0)
+            rec["n"] = sketch.K - (counts != 0).argmax(axis=1)  # all K when none is set (never: count >= 1)
             parts.append((pos[owner[c]], rec))
         if not parts:
             return [""] * len(metas), width
@@ -642,18 +641,14 @@ class PartitionWindows:
             spos, rec = spos[order], rec[order]
         # Keep each cell's header and its top n counters (the rest are zero); pad each sensor's bytes
         # to a multiple of 3 so that one base64 string cuts into the sensors' strings.
-        hdr, size = _CELL.itemsize, dt.itemsize
         n = rec["n"].astype(np.int64)
-        cell_len = hdr + n * width
-        per_sensor = np.bincount(spos, weights=cell_len, minlength=len(metas)).astype(np.int64)
+        per_sensor = np.bincount(spos, weights=_CELL.itemsize + n * width, minlength=len(metas)).astype(np.int64)
         pad = -per_sensor % 3
         last = np.r_[spos[1:] != spos[:-1], True]
+        size = dt.itemsize
         full = np.zeros((len(rec), size + 2), dtype=np.uint8)
         full[:, :size] = rec.view(np.uint8).reshape(len(rec), size)
-        col = np.arange(size + 2)
-        keep = (col < hdr) | (
-            (col >= (size - n * width)[:, None]) & (col < (size + np.where(last, pad[spos], 0))[:, None])
-        )
+        keep = _keep_masks(width)[n * 3 + np.where(last, pad[spos], 0)]
         text = binascii.b2a_base64(full[keep].tobytes(), newline=False).decode("ascii")
         ends = (np.cumsum(per_sensor + pad) // 3 * 4).tolist()
         return [text[lo:hi] for lo, hi in zip([0, *ends[:-1]], ends, strict=True)], width
@@ -668,6 +663,21 @@ _FIELDS: Final = [("si", "u1"), ("n", "u1"), ("m", "<u4"), ("pid", "<i8"), ("off
 _CELL: Final = np.dtype(_FIELDS)
 _CELL_U2: Final = np.dtype([*_FIELDS, ("sk", "<u2", (sketch.K,))])
 _CELL_I8: Final = np.dtype([*_FIELDS, ("sk", "<i8", (sketch.K,))])
+
+
+_KEEP: dict[int, np.ndarray] = {}
+
+
+def _keep_masks(width: int) -> np.ndarray:
+    """Bytes of a packed cell row (record + 2 pad bytes) to keep, for each ``n * 3 + pad``."""
+    masks = _KEEP.get(width)
+    if masks is None:
+        hdr, size = _CELL.itemsize, _CELL.itemsize + sketch.K * width
+        col = np.arange(size + 2)
+        n = np.repeat(np.arange(sketch.K + 1), 3)
+        pad = np.tile(np.arange(3), sketch.K + 1)
+        masks = _KEEP[width] = (col < hdr) | ((col >= (size - n * width)[:, None]) & (col < (size + pad)[:, None]))
+    return masks
 
 
 def _put_cell(store: PaneStore, slot: int, pane: int, acc: Any, off: int, counts: np.ndarray) -> None:
