@@ -27,6 +27,7 @@ from streams.api import register_api, register_retention
 from streams.deadletter import dead_letter
 from streams.engine import WindowDef, WindowSpec
 from streams.errors import InvalidReading, SinkError
+from streams.metrics import register_metrics
 from streams.pipeline import Output, Pipeline, Record
 from streams.schema import parse_reading
 from streams.settings import Settings
@@ -342,6 +343,20 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
             """Hot swap: pick up a newer model version dropped into the models folder."""
             await asyncio.to_thread(scorer.reload, models_dir)
 
+    def writer_stats() -> dict[str, int]:
+        fields = {*sink_stats, *_BUFFER_STATS}
+        return {f: sink_stats.get(f, 0) + sum(b.stats.get(f, 0) for b in buffered) for f in fields}
+
+    def metric_stats() -> dict[str, Any]:
+        """Read at every scrape: writer, zone stage and model figures beside the pipeline counters."""
+        return {
+            **writer_stats(),
+            "zone_windows_open": sum(len(zr.partials) for zr in rollups.values()),
+            **({f"model_version_{k}": v for k, v in scorer.versions().items()} if scorer is not None else {}),
+        }
+
+    app.urbansense_metrics = register_metrics(app, pipeline, metric_stats)  # type: ignore[attr-defined]
+
     @app.page("/urbansense/stats/")
     async def stats(web_: Any, request: Any) -> Any:
         c = pipeline.counters
@@ -358,9 +373,6 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
             "zone_windows_open": sum(len(zr.partials) for zr in rollups.values()),
             "model_versions": scorer.versions() if scorer is not None else {},
             "zone_source_watermarks_ms": {str(p): zr.marks for p, zr in rollups.items()},
-            **{
-                f: sink_stats.get(f, 0) + sum(b.stats.get(f, 0) for b in buffered)
-                for f in {*sink_stats, *_BUFFER_STATS}
-            },
+            **writer_stats(),
         }
         return web_.json(body)

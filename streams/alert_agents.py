@@ -229,6 +229,9 @@ def attach_alerting(  # noqa: C901 - one place that wires it all
                 rec["sensor_id"], rec["latency_ms"],
             )
             await alerts_out.send(key=rec["alert_id"].encode(), value=orjson.dumps(rec), timestamp=_ts(rec["ts_ms"]))
+            metrics = getattr(app, "urbansense_metrics", None)
+            if metrics is not None and rec["state"] == "raised":
+                metrics.observe_alert(rec)  # alert latency histogram on /metrics
         handle.stats["alert_records"] += len(records)
         if counters is not None:
             counters.alerts += len(records)

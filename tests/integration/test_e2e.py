@@ -106,9 +106,17 @@ def test_mqtt_to_influx_equals_numpy_reference(
                 break
             time.sleep(1.0)
         s = stats(env)
+        with urllib.request.urlopen(f"http://127.0.0.1:{env['URBAN_WEB_PORT']}/metrics", timeout=10) as resp:
+            prom = resp.read().decode()
     finally:
         bridge.stop()
         worker.stop()
+
+    # The Prometheus page reports the same counters as the stats page (Prometheus text format).
+    prom_values = {ln.split(" ")[0]: float(ln.split(" ")[1]) for ln in prom.splitlines() if ln and ln[0] != "#"}
+    assert prom_values["urbansense_readings_in_total"] >= s["readings_in"] > 0
+    assert prom_values["urbansense_dead_letters_total"] >= s["dead_letters"]
+    assert "urbansense_points_written" in prom_values and 'urbansense_consumer_lag{' in prom
 
     got = {(r["sensor_id"], r["metric"], r["time"]): r for r in rows}
     assert set(got) == set(reference), f"{len(set(reference) - set(got))} windows missing"
