@@ -262,29 +262,29 @@ class PartitionWindows:
         chunks: list[tuple[int, ...]] = []
         touched: list[str] = []
         dup: list[int] = []
-        for k in range(n):
-            sid = ident[k][0]
+        add_chunk, add_touched = chunks.append, touched.append
+        for k, (sensor, shape, off) in enumerate(zip(ident, shapes, offsets, strict=True)):
+            sid = sensor[0]
             meta = sensors.get(sid)
             if meta is None:
-                meta = self._new_meta(sid, ident[k][1], ident[k][2])
-            off = offsets[k]
+                meta = self._new_meta(sid, sensor[1], sensor[2])
             if 0 <= off <= meta.offset:
                 out[k] = DUPLICATE
                 dup.append(k)
-                chunks.append((-1,) * len(shapes[k].names))
+                add_chunk((-1,) * len(shape.names))
                 continue
             if off >= 0:
                 meta.offset = off
-            touched.append(sid)
+            add_touched(sid)
             if skip is not None and skip[k]:
-                chunks.append((-1,) * len(shapes[k].names))
+                add_chunk((-1,) * len(shape.names))
                 continue
-            slots = meta.shapes.get(shapes[k])
+            slots = meta.shapes.get(shape)
             if slots is None:
-                slots = meta.shapes[shapes[k]] = tuple(
-                    [self._slot(meta, sid, m, u) for m, u in zip(shapes[k].names, shapes[k].units, strict=True)]
+                slots = meta.shapes[shape] = tuple(
+                    [self._slot(meta, sid, m, u) for m, u in zip(shape.names, shape.units, strict=True)]
                 )
-            chunks.append(slots)
+            add_chunk(slots)
         self.dirty.update(touched)
         ok = np.ones(n, dtype=bool)
         ok[dup] = False

@@ -467,6 +467,7 @@ _QUALITY_AT: Final = b'},"quality":['
 _TAIL_HEAD: Final = rb',"ts":"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})\.([0-9]{3})Z","metrics":\{'
 _TAIL_END: Final = rb'\}(?:\}|,"quality":\[(.*)\]\})'
 _SKELETON_LIMIT: Final = 1024  # compiled regexes
+_NEVER: Final = re.compile(rb"(?!)")  # the regex of a sensor whose skeleton is not known yet
 #: sensor prefix bytes -> [(sensor_id, kind, zone, lat, lon), last Shape, its regex]
 _PREFIXES: dict[bytes, list[Any]] = {}
 _SKELETONS: dict[tuple[bytes, ...], tuple[Shape, re.Pattern[bytes]]] = {}
@@ -502,7 +503,7 @@ def _learn_prefix(prefix: bytes) -> list[Any] | None:
     if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
         return None
     kind = next(k for k in KINDS if k == m[2].decode())  # the shared string
-    return _remember(_PREFIXES, prefix, [(m[1].decode(), kind, m[3].decode(), lat, lon), None, None])
+    return _remember(_PREFIXES, prefix, [(m[1].decode(), kind, m[3].decode(), lat, lon), None, _NEVER])
 
 
 def _learn_skeleton(sensor: list[Any], raw: bytes, j: int) -> re.Match[bytes] | None:
@@ -568,8 +569,9 @@ def parse_batch(  # noqa: C901, PLR0912 - one loop, kept flat: it runs once per 
     ([1], 's1', [[3.5]], [(0, 'bad_json')])
     """
     rows = ReadingRows()
-    index, ident, ts_col, shape_col, values, quality = (
-        rows.index, rows.ident, rows.ts_ms, rows.shape, rows.values, rows.quality
+    add_index, add_ident, add_ts, add_shape, add_values, add_quality = (
+        rows.index.append, rows.ident.append, rows.ts_ms.append, rows.shape.append, rows.values.append,
+        rows.quality.append,
     )
     errors: list[tuple[int, InvalidReading]] = []
     prefixes, qualities, seconds = _PREFIXES, _QUALITIES, _TS_SECONDS_B
@@ -583,7 +585,7 @@ def parse_batch(  # noqa: C901, PLR0912 - one loop, kept flat: it runs once per 
                 sensor = _learn_prefix(raw[:j])
             if sensor is not None:
                 # one regex per metrics skeleton: the timestamp, the values and the quality list
-                m = sensor[2].fullmatch(raw, j) if sensor[2] is not None else None
+                m = sensor[2].fullmatch(raw, j)
                 if m is None:
                     m = _learn_skeleton(sensor, raw, j)
                 if m is not None:
@@ -594,14 +596,16 @@ def parse_batch(  # noqa: C901, PLR0912 - one loop, kept flat: it runs once per 
                     q = () if g[-1] is None else qualities.get(g[-1])
                     if q is None:
                         q = _learn_quality(g[-1])
-                    if secs is not None and q is not None and MIN_TS_MS <= secs + int(g[1]) <= hi_ts:
-                        index.append(i)
-                        ident.append(sensor[0])
-                        ts_col.append(secs + int(g[1]))
-                        shape_col.append(sensor[1])
-                        values.append(list(map(float, g[2:-1])))
-                        quality.append(q)
-                        continue
+                    if secs is not None and q is not None:
+                        ts_ms = secs + int(g[1])
+                        if MIN_TS_MS <= ts_ms <= hi_ts:
+                            add_index(i)
+                            add_ident(sensor[0])
+                            add_ts(ts_ms)
+                            add_shape(sensor[1])
+                            add_values(list(map(float, g[2:-1])))
+                            add_quality(q)
+                            continue
         try:
             reading = parse_reading(raw, now_ms=now_ms, max_bytes=max_bytes)
         except InvalidReading as err:
