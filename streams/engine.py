@@ -495,7 +495,11 @@ class PartitionWindows:
 
     # -- persistence ------------------------------------------------------------------------
     def sensor_state(self, sensor_id: str) -> dict[str, Any]:
-        """JSON-safe state of one sensor (its open panes in every store), for a table."""
+        """The readable form of a sensor's table document: its open panes in every store as JSON lists (``"w"``).
+
+        :meth:`restore` reads it as well as the packed documents of :meth:`take_dirty`; tests use it as
+        the reference for those.
+        """
         meta = self.sensors[sensor_id]
         panes: list[list[Any]] = []
         keyed: list[list[Any]] = []

@@ -10,7 +10,8 @@ A reading on the wire is one JSON object::
 
 ``quality`` is optional; every other field is required and no other field is allowed.
 :func:`parse_reading` turns bytes into a :class:`Reading` or raises
-:class:`~streams.errors.InvalidReading` naming what was wrong and where.
+:class:`~streams.errors.InvalidReading` naming what was wrong and where. :func:`parse_batch` does the
+same for a micro-batch and returns columns (:class:`ReadingRows`), the worker's path.
 """
 
 from __future__ import annotations
@@ -391,7 +392,7 @@ class ReadingRows:
         self.ident.append((r.sensor_id, r.kind, r.zone, r.lat, r.lon))
         self.ts_ms.append(r.ts_ms)
         names = tuple(r.metrics)
-        self.shape.append(shape_of(names, tuple([r.units.get(m, "") for m in names])))
+        self.shape.append(_shape_of(names, tuple([r.units.get(m, "") for m in names])))
         self.values.append(list(r.metrics.values()))
         self.quality.append(r.quality)
 
@@ -426,7 +427,7 @@ class ReadingRows:
 _SHAPES: dict[tuple[tuple[str, ...], tuple[str, ...]], Shape] = {}
 
 
-def shape_of(names: tuple[str, ...], units: tuple[str, ...]) -> Shape:
+def _shape_of(names: tuple[str, ...], units: tuple[str, ...]) -> Shape:
     """The shared :class:`Shape` of ``names`` and ``units``."""
     key = (names, units)
     shape = _SHAPES.get(key)
@@ -532,7 +533,7 @@ def _learn_skeleton(sensor: list[Any], raw: bytes, j: int) -> re.Match[bytes] | 
         if len(names) != len(pieces) - 1 or len(set(names)) != len(names) or len(names) > MAX_METRICS:
             return None
         rx = re.compile(_TAIL_HEAD + (b"(" + _NUM + b")").join(re.escape(x) for x in pieces) + _TAIL_END, re.DOTALL)
-        known = _remember(_SKELETONS, pieces, (shape_of(tuple(names), tuple(units)), rx), _SKELETON_LIMIT)
+        known = _remember(_SKELETONS, pieces, (_shape_of(tuple(names), tuple(units)), rx), _SKELETON_LIMIT)
     sensor[1], sensor[2] = known
     return known[1].fullmatch(raw, j)
 
