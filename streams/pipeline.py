@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 from alerting.rules import ThresholdRule, alert_id, evaluate
@@ -312,6 +313,6 @@ class Pipeline:
                     out.alerts.extend(alerts)
                     self.counters.alerts += len(alerts)
         p = pw.partition
-        for sid, doc in pw.take_dirty().items():
-            out.state.append((p, sid, doc))
+        docs = pw.take_dirty()
+        out.state.extend(zip(repeat(p), docs, docs.values()))
         out.state.append((p, WATERMARK_KEY.format(partition=p), {"p": p, "max_ts_ms": pw.max_ts_ms}))
