@@ -199,3 +199,43 @@ def figures(name: str, sent: int, processed: int, dead_lettered: int, **extra: o
     more = " ".join(f"{k}={v}" for k, v in extra.items())
     print(f"\nFAULT-FIGURES {name}: sent={sent} processed={processed} dead_lettered={dead_lettered} lost={lost} {more}")
     return lost
+
+
+def readings_in_windows(windows: dict[tuple[str, str, int], dict]) -> int:
+    """Readings behind window aggregates: per (sensor, window) the largest metric count, summed.
+
+    Every reading of the simulated feed carries all metrics of its kind, so this counts readings
+    exactly (checked against the feed itself by the caller).
+    """
+    best: dict[tuple[str, int], int] = {}
+    for (sensor_id, _, start_ms), agg in windows.items():
+        best[(sensor_id, start_ms)] = max(best.get((sensor_id, start_ms), 0), int(agg["count"]))
+    return sum(best.values())
+
+
+#: Fields of an aggregate record that come from the anomaly scorer, whose baselines live in the
+#: worker's memory (not in the changelog): a window re-emitted by another worker may score differently.
+SCORE_FIELDS = ("score", "model_version", "top_features")
+
+
+def dedupe_aggregates_scored(msgs: list) -> tuple[dict[tuple[str, str, int], dict], int, int]:
+    """Like ``harness.dedupe_aggregates``, but re-emitted copies may differ in :data:`SCORE_FIELDS`.
+
+    Returns the first record per window key, how many re-emitted copies were dropped and how many
+    of those carried a different score. Any other difference fails.
+    """
+    first: dict[tuple[str, str, int], dict] = {}
+    dups = rescored = 0
+    for m in msgs:
+        doc = orjson.loads(m.value())
+        key = (doc["sensor_id"], doc["metric"], doc["start_ms"])
+        assert m.key() == doc["sensor_id"].encode(), f"aggregate key {m.key()!r} != sensor id of {doc}"
+        if key not in first:
+            first[key] = doc
+            continue
+        dups += 1
+        old = first[key]
+        data, old_data = ({f: v for f, v in d.items() if f not in SCORE_FIELDS} for d in (doc, old))
+        assert data == old_data, f"re-emitted {key} differs:\n{old}\n{doc}"
+        rescored += any(doc.get(f) != old.get(f) for f in SCORE_FIELDS)
+    return first, dups, rescored
