@@ -30,6 +30,7 @@ State is JSON-safe (:meth:`Track.to_doc`) so the host can keep it in a changelog
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -59,6 +60,8 @@ class Track:
     unit: str = ""
     last_end_ms: int = -1
     prev: list[float] | None = None  # [value field, last, end_ms] of the previous window
+    #: baseline rules: [exponential average, windows learned, end_ms of the last window seen]
+    base: list[float] | None = None
     streak: int = 0
     streak_start_ms: int = 0
     streak_end_ms: int = 0
@@ -339,6 +342,8 @@ class AlertEngine:
         if rtype == "threshold":
             v = float(agg[rule.field])
             return v, crosses(rule.op, v, rule.raise_level), rule.raise_level
+        if rtype == "baseline":
+            return self._baseline(rule, t, agg)
         if rtype == "anomaly":
             s = agg.get("score")
             if s is None:
@@ -368,6 +373,29 @@ class AlertEngine:
             step = max(step, abs(float(agg["first"]) - prev[1]))
         return step, step > rule.raise_level, rule.raise_level
 
+    @staticmethod
+    def _baseline(rule: Rule, t: Track, agg: dict[str, Any]) -> tuple[float, bool, float] | None:
+        """A window against the sensor's own baseline (see :class:`~alerting.rules.Rule`)."""
+        v = float(agg[rule.field])
+        end = float(agg["end_ms"])
+        b = t.base
+        if b is None or end - b[2] > rule.baseline_ms:  # first window, or a gap: start over
+            t.base = [v, 1.0, end]
+            return None
+        avg, n, last = b
+        b[2] = end
+        if n < rule.warmup_windows:
+            b[0] = avg + (1.0 - math.exp(-(end - last) / rule.baseline_ms)) * (v - avg)
+            b[1] = n + 1
+            return None
+        dev = v / max(avg, rule.baseline_floor, _EPS) if rule.mode == "ratio" else v - avg
+        breach = crosses(rule.op, dev, rule.raise_level)
+        accepted = t.active and rule.accept_after_ms is not None and end - t.streak_start_ms >= rule.accept_after_ms
+        if (not breach and not t.active and not t.latched) or accepted:
+            b[0] = avg + (1.0 - math.exp(-(end - last) / rule.baseline_ms)) * (v - avg)
+            b[1] = n + 1
+        return dev, breach, rule.raise_level
+
     def _step(self, rule: Rule, agg: dict[str, Any], partition: int) -> None:
         t = self._track(rule.name, agg, partition)
         end = agg["end_ms"]
@@ -386,7 +414,8 @@ class AlertEngine:
         value, breach, threshold = m
         t.series.append([end, value])
         if t.active:
-            recovered = rule.clears(value) if rule.type in ("threshold", "rate_of_change", "anomaly") else not breach
+            leveled = ("threshold", "baseline", "rate_of_change", "anomaly")
+            recovered = rule.clears(value) if rule.type in leveled else not breach
             if recovered:
                 t.clear_streak += 1
                 if t.clear_streak >= rule.clear_windows:
@@ -467,6 +496,11 @@ class AlertEngine:
         who = f"{agg['kind']} sensor {agg['sensor_id']} in {agg['zone']}"
         what = {
             "threshold": f"{agg['metric']} {rule.field} {value:.6g} {rule.op} {threshold:g} {unit}",
+            "baseline": (
+                f"{agg['metric']} {rule.field} {float(agg[rule.field]):.6g} {unit} is "
+                + (f"{value:.3g} x" if rule.mode == "ratio" else f"{value:+.6g} {unit} from")
+                + f" its baseline ({rule.op} {threshold:g})"
+            ),
             "rate_of_change": f"{agg['metric']} {rule.field} changing {value:+.6g} {unit}/s ({rule.op} {threshold:g})",
             "anomaly": f"{agg['metric']} anomaly score {value:.3g} {rule.op} {threshold:g}",
             "stuck": f"{agg['metric']} stuck at {agg.get('mean', value):.6g} {unit} for {rule.for_windows} windows",

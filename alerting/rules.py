@@ -3,8 +3,8 @@
 A rule file is TOML with up to four parts (see ``alerting/default_rules.toml``)::
 
     [engine]          # cool-down, rate limits, default escalation, sparkline length
-    [[rule]]          # per-sensor rules: threshold, rate_of_change, anomaly, silence,
-                      # stuck, out_of_range, jump
+    [[rule]]          # per-sensor rules: threshold, baseline, rate_of_change, anomaly,
+                      # silence, stuck, out_of_range, jump
     [[zone_rule]]     # k of n sensors of a zone in alarm within T -> one zone incident
     [[maintenance]]   # windows per sensor or zone that suppress (and record) alerts
 
@@ -35,7 +35,12 @@ logger = logging.getLogger(__name__)
 Severity = Literal["info", "warning", "critical"]
 Category = Literal["incident", "maintenance", "summary"]
 Op = Literal[">", ">=", "<", "<="]
-RuleType = Literal["threshold", "rate_of_change", "anomaly", "silence", "stuck", "out_of_range", "jump"]
+RuleType = Literal[
+    "threshold", "baseline", "rate_of_change", "anomaly", "silence", "stuck", "out_of_range", "jump"
+]
+#: ``baseline`` rules compare a window with the sensor's own recent normal: ``ratio`` (value / baseline)
+#: or ``delta`` (value - baseline, in the metric's unit).
+BaselineMode = Literal["ratio", "delta"]
 Fold = Literal["always", "after_raise"]
 
 SEVERITIES: Final[tuple[str, ...]] = get_args(Severity)
@@ -139,6 +144,17 @@ class Rule:
     ``raise_level``/``clear_level`` give hysteresis: for ``op='>'`` an occurrence starts when the
     value exceeds ``raise_level`` for ``for_windows`` windows (and ``for_ms``), and ends when it
     falls to ``clear_level`` or below for ``clear_windows`` windows.
+
+    ``baseline`` rules judge ``value / baseline`` (``mode='ratio'``) or ``value - baseline``
+    (``'delta'``) instead of the value, where the baseline is an exponential average of the
+    sensor's own earlier windows with time constant ``baseline_ms``. It learns only from windows
+    that neither breach nor belong to an open alert (an incident must not become its own
+    normal), is judged only after ``warmup_windows`` windows, and starts over after a gap in
+    the data longer than ``baseline_ms``. Once an alert has been active for ``accept_after_ms``
+    (when set), the baseline learns again: a lasting shift becomes the new normal and the alert
+    clears, instead of holding the sensor (and any zone incident it is part of) open forever.
+    ``baseline_floor`` bounds the ratio's denominator from
+    below (a count of 3 people rising to 9 is not a crowd).
     """
 
     name: str
@@ -162,6 +178,11 @@ class Rule:
     sensors: frozenset[str] | None = None
     window: str = "tumbling"
     window_size_ms: int | None = None
+    mode: BaselineMode = "ratio"
+    baseline_ms: int = 1_800_000
+    warmup_windows: int = 5
+    baseline_floor: float = 0.0
+    accept_after_ms: int | None = None
     line: int = 0
 
     def applies(self, agg: dict[str, Any]) -> bool:
@@ -271,7 +292,8 @@ _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 _RULE_KEYS: Final = {
     "name", "type", "kind", "metric", "field", "op", "level", "raise", "clear", "low", "high", "for_windows",
     "for", "clear_windows", "silent_for", "severity", "category", "escalate_after", "zones", "sensors", "window",
-    "window_size", "max_step", "stuck_windows",
+    "window_size", "max_step", "stuck_windows", "mode", "baseline", "warmup_windows", "baseline_floor",
+    "accept_after",
 }
 _ZONE_KEYS: Final = {"name", "members", "k", "within", "clear_below", "severity", "fold", "escalate_after", "zones"}
 _MAINT_KEYS: Final = {"sensor_id", "zone", "start", "end", "rules", "reason"}
@@ -526,7 +548,7 @@ def _rule(entry: dict[str, Any], i: int, w: _Where) -> Rule:  # noqa: C901 - one
     default_cat = "maintenance" if rtype in MAINTENANCE_TYPES else "incident"
     category = _choice(entry, "category", default_cat, ("incident", "maintenance"), t, i, w)
     kw: dict[str, Any] = {}
-    if rtype in ("threshold", "rate_of_change", "anomaly"):
+    if rtype in ("threshold", "baseline", "rate_of_change", "anomaly"):
         key = "raise" if "raise" in entry else "level"
         if key not in entry:
             raise w.error(t, i, name, "raise", f"missing (required for type {rtype!r}; 'level' is an alias)")
@@ -558,6 +580,31 @@ def _rule(entry: dict[str, Any], i: int, w: _Where) -> Rule:  # noqa: C901 - one
         if not silent:
             raise w.error(t, i, name, "silent_for", "missing or zero (required for type 'silence')")
         kw.update(silent_ms=silent)
+    baseline_keys = sorted(
+        k for k in ("mode", "baseline", "warmup_windows", "baseline_floor", "accept_after") if k in entry
+    )
+    if rtype == "baseline":
+        kw["mode"] = _choice(entry, "mode", "ratio", get_args(BaselineMode), t, i, w)
+        base_ms = _dur(entry, "baseline", t, i, w)
+        if base_ms is not None:
+            if base_ms <= 0:
+                raise w.error(t, i, name, "baseline", "expected a positive duration (the averaging time)")
+            kw["baseline_ms"] = base_ms
+        kw["warmup_windows"] = _int(entry, "warmup_windows", 5, t, i, w)
+        if "baseline_floor" in entry:
+            floor = _num(entry, "baseline_floor", t, i, w)
+            if floor < 0:
+                raise w.error(t, i, name, "baseline_floor", f"expected a number >= 0, got {floor:g}")
+            kw["baseline_floor"] = floor
+        accept = _dur(entry, "accept_after", t, i, w)
+        if accept is not None:
+            if accept <= 0:
+                raise w.error(t, i, name, "accept_after", "expected a positive duration")
+            kw["accept_after_ms"] = accept
+        if kw["mode"] == "ratio" and kw.get("raise_level", 0.0) <= 0:
+            raise w.error(t, i, name, "raise", f"expected a positive ratio, got {kw.get('raise_level', 0.0):g}")
+    elif baseline_keys:
+        raise w.error(t, i, name, baseline_keys[0], f"applies to type 'baseline' only, not {rtype!r}")
     for_windows = _int(entry, "stuck_windows" if rtype == "stuck" else "for_windows",
                        3 if rtype == "stuck" else 1, t, i, w)
     window = _choice(entry, "window", "tumbling", ("tumbling", "hopping"), t, i, w)
