@@ -370,20 +370,32 @@ def register_evaluate_command(app: faust.App, settings: Settings) -> None:
         option("--out-dir", default="var/evaluate", show_default=True, help="Logs, truth, alerts and report."),
         option("--timeout", type=float, default=1800.0, show_default=True, help="Bound on the worker catching up (s)."),
         option("--json", "as_json", is_flag=True, default=False, help="Print the report as JSON instead of a table."),
+        option(
+            "--offline",
+            is_flag=True,
+            default=False,
+            help="No broker: the same windowing, models and alert engine in-process (about a minute); "
+            "for tuning rules. The broker run stays the reference.",
+        ),
     )
-    async def evaluate(self: object, scenario: str, speed: float, out_dir: str, timeout: float, as_json: bool) -> None:
-        """Run a scenario through the real pipeline and score precision, recall, delay and fault alerts."""
+    async def evaluate(
+        self: object, scenario: str, speed: float, out_dir: str, timeout: float, as_json: bool, offline: bool
+    ) -> None:
+        """Run a scenario through the real pipeline (or --offline) and score precision, recall, delay and faults."""
         import orjson
 
-        from simulators.evaluate import format_table, run_evaluation
+        from simulators.evaluate import evaluate_offline_with, format_table, run_evaluation
 
         _configure_logging(settings.log_level)
         # SIGTERM unwinds run_evaluation's clean-up (its broker and worker), as Ctrl-C does.
         signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
         try:
-            report = run_evaluation(
-                settings, scenario, speed=speed, out_dir=out_dir, timeout_s=timeout, progress=sys.stderr.isatty()
-            )
+            if offline:
+                report = evaluate_offline_with(settings, scenario)
+            else:
+                report = run_evaluation(
+                    settings, scenario, speed=speed, out_dir=out_dir, timeout_s=timeout, progress=sys.stderr.isatty()
+                )
         except (UrbanSensingError, ValueError, FileNotFoundError, RuntimeError, TimeoutError) as exc:
             click.echo(f"urbansense evaluate: {exc}", err=True)
             raise SystemExit(2) from None
