@@ -29,11 +29,10 @@ def test_stateless_crossing_raises_one_alert_with_stable_id() -> None:
 
 def test_default_rules_load_every_type() -> None:
     rs = load_rules()
-    assert {r.type for r in rs.rules} == {
-        "threshold", "rate_of_change", "anomaly", "silence", "stuck", "out_of_range", "jump"
-    }
+    # No anomaly rule by default (a model score is evidence, not an incident; see the file's header).
+    assert {r.type for r in rs.rules} == {"threshold", "baseline", "silence", "stuck", "out_of_range", "jump"}
     assert {z.members for z in rs.zone_rules} <= {r.name for r in rs.rules}
-    assert any("score" in w for w in rs.warnings)  # anomaly rule without a model: warned
+    assert not rs.warnings
     assert not load_rules(score_available=True).warnings
     surge = rs.rule("pm25_very_unhealthy")
     assert surge is not None and (surge.raise_level, surge.clear_level, surge.for_windows) == (150.0, 120.0, 2)
