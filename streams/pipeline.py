@@ -156,6 +156,7 @@ class Pipeline:
             pw = self.partitions.get(p) or self.partition(p, table or ())
             results = pw.add_rows(prows, [precs[i].offset for i in prows.index], now_ms)
             n_dup = n_late = 0
+            worst: Late | None = None
             for k, result in enumerate(results if results.count(None) < len(results) else ()):
                 if result is None:
                     continue
@@ -163,11 +164,14 @@ class Pipeline:
                     n_dup += 1
                 elif isinstance(result, Late):
                     n_late += 1
-                    logger.warning(
-                        "late reading sensor_id=%s late_by_ms=%d watermark_ms=%d",
-                        result.reading.sensor_id, result.late_by_ms, result.watermark_ms,
-                    )
+                    if worst is None or result.late_by_ms > worst.late_by_ms:
+                        worst = result
                     out.late.append((precs[prows.index[k]], result))
+            if worst is not None:  # one line per partition and batch, not one per reading (a skewed clock is many)
+                logger.warning(
+                    "late readings partition=%d count=%d max_late_by_ms=%d sensor_id=%s watermark_ms=%d",
+                    p, n_late, worst.late_by_ms, worst.reading.sensor_id, worst.watermark_ms,
+                )
             c.duplicates += n_dup
             c.late += n_late
             c.readings_counted += len(results) - n_dup - n_late
