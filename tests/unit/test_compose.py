@@ -203,3 +203,39 @@ def test_grafana_datasource_uses_the_influx_token_and_org(services: dict[str, An
     assert ds["jsonData"]["defaultBucket"] == influx["DOCKER_INFLUXDB_INIT_BUCKET"]
     assert ds["secureJsonData"]["token"] == "$INFLUX_TOKEN"  # noqa: S105 - a reference, not a secret
     assert env_of(services["grafana"])["INFLUX_TOKEN"] == influx["DOCKER_INFLUXDB_INIT_ADMIN_TOKEN"]
+
+
+# --- Prometheus ---------------------------------------------------------------------------------
+
+
+def test_prometheus_image_is_pinned(services: dict[str, Any]) -> None:
+    image = services["prometheus"]["image"]
+    assert re.fullmatch(r"prom/prometheus:v\d+\.\d+\.\d+", image), image
+    assert 9090 in published(services["prometheus"])
+    assert "/-/ready" in " ".join(services["prometheus"]["healthcheck"]["test"][1:])
+
+
+def test_prometheus_scrapes_the_worker_metrics(services: dict[str, Any]) -> None:
+    prom = services["prometheus"]
+    mounts = {m.split(":")[0]: m.split(":")[1] for m in prom["volumes"] if m.startswith("./")}
+    assert mounts == {"./grafana/prometheus.yml": "/etc/prometheus/prometheus.yml"}
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prom["command"]
+    config = yaml.safe_load((ROOT / "grafana/prometheus.yml").read_text())
+    [job] = config["scrape_configs"]
+    assert job.get("metrics_path", "/metrics") == "/metrics"  # streams.metrics.register_metrics' default path
+    targets = [t for sc in job["static_configs"] for t in sc["targets"]]
+    worker_port = next(iter(published(services["worker"])))
+    assert targets == [f"worker:{worker_port}"]
+    assert "--web-port" in services["worker"]["command"]
+    assert services["worker"]["command"][services["worker"]["command"].index("--web-port") + 1] == str(worker_port)
+    assert "0.0.0.0" in services["worker"]["command"]  # reachable from the prometheus container
+
+
+def test_grafana_reads_prometheus(services: dict[str, Any]) -> None:
+    [ds] = yaml.safe_load((ROOT / "grafana/provisioning/datasources/prometheus.yml").read_text())["datasources"]
+    assert ds["type"] == "prometheus"
+    host, port = ds["url"].removeprefix("http://").split(":")
+    assert host in services and host == "prometheus"
+    assert int(port) in published(services[host])
+    assert services["grafana"]["depends_on"]["prometheus"] == {"condition": "service_healthy"}
+    assert "prometheus-data" in {m.split(":")[0] for m in services["prometheus"]["volumes"]}
