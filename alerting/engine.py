@@ -132,7 +132,10 @@ class AlertEngine:
         #: newest window end per source partition (the aggregates' ``src``): silence is judged on
         #: the clock of the sensor's own source, so a source that lags behind the others (a replay
         #: or backlog consumed unevenly) does not make its sensors look silent.
-        self.src_ms: dict[int, int] = {}
+        #: Keyed by (engine input partition, source partition): each engine input partition is one
+        #: ordered stream, but the host consumes its partitions unevenly, so one source's windows
+        #: reach the zones of one input partition later than those of another.
+        self.src_ms: dict[tuple[int, int], int] = {}
         self.event_wall_ms = 0
         self.counters = EngineCounters()
         self._dirty: set[str] = set()
@@ -234,8 +237,8 @@ class AlertEngine:
             latest = max(t.last_end_ms, t.last_seen_ms)
             if latest > 0:
                 self._advance(latest, now_ms)
-            if t.src >= 0 and t.last_seen_ms > self.src_ms.get(t.src, -1):
-                self.src_ms[t.src] = t.last_seen_ms
+            if t.src >= 0 and t.last_seen_ms > self.src_ms.get((t.p, t.src), -1):
+                self.src_ms[(t.p, t.src)] = t.last_seen_ms
             n += 1
         return n
 
@@ -269,8 +272,8 @@ class AlertEngine:
             end = agg["end_ms"]
             self._advance(end, now_ms)
             src = agg.get("src")
-            if src is not None and end > src_ms.get(src, -1):
-                src_ms[src] = end
+            if src is not None and end > src_ms.get((partition, src), -1):
+                src_ms[(partition, src)] = end
             kind, metric = agg["kind"], agg["metric"]
             for key in ((kind, metric), (None, metric), (kind, None), (None, None)):
                 rules = by_metric.get(key)
@@ -548,7 +551,7 @@ class AlertEngine:
             if ts < due:
                 continue
             # The event clock of the sensor's own source: the lead, minus how far that source trails.
-            src_end = self.src_ms.get(t.src) if t.src >= 0 else None
+            src_end = self.src_ms.get((t.p, t.src)) if t.src >= 0 else None
             now_t = ts - (lead - src_end) if src_end is not None and lead is not None and lead > src_end else ts
             if now_t < due:
                 continue

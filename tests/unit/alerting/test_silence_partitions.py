@@ -1,0 +1,29 @@
+"""Silence is judged per (engine input partition, source partition): input partitions progress unevenly."""
+
+from __future__ import annotations
+
+from alerting.engine import AlertEngine
+from alerting.rules import load_rules
+from tests.unit.alerting.conftest import T0, W, make_agg
+
+SILENT = '[[rule]]\nname = "silent"\ntype = "silence"\nsilent_for = "5m"\n'
+
+
+def test_a_lagging_input_partition_does_not_make_its_sensors_look_silent() -> None:
+    eng = AlertEngine(load_rules(text=SILENT))
+    north, south = "env-futian-0001", "env-luohu-0002"  # both from source partition 0
+    eng.process([make_agg(north, 0, 20, src=0)], T0 + W, partition=0)
+    eng.process([make_agg(south, 0, 20, src=0, zone="luohu")], T0 + W, partition=1)
+    # input partition 0 (zone futian) runs 20 windows ahead of input partition 1 (zone luohu)
+    out = eng.process([make_agg(north, i, 20, src=0) for i in range(1, 20)], T0 + 20 * W, partition=0)
+    assert out == [] and eng.tick(T0 + 20 * W) == []
+    # input partition 1 catches up: the luohu sensor reported all along
+    assert eng.process([make_agg(south, i, 20, src=0, zone="luohu") for i in range(1, 20)], T0 + 20 * W, 1) == []
+
+
+def test_silence_is_still_raised_within_one_input_partition() -> None:
+    eng = AlertEngine(load_rules(text=SILENT))
+    quiet, busy = "env-futian-0001", "env-futian-0003"
+    eng.process([make_agg(quiet, 0, 20, src=0), make_agg(busy, 0, 20, src=0)], T0 + W, partition=0)
+    out = eng.process([make_agg(busy, i, 20, src=0) for i in range(1, 8)], T0 + 8 * W, partition=0)
+    assert [(r["rule"], r["sensor_id"], r["state"]) for r in out] == [("silent", quiet, "raised")]
