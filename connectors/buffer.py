@@ -11,8 +11,9 @@ When the time-series store is down, the writer must neither drop points nor grow
    (called by each write and by a timer) probes the store with back-off and replays the backlog
    oldest first: memory, then disk.
 4. When memory and disk are both full, :meth:`BufferedSink.write` raises :class:`BufferFull`
-   (after logging an ERROR once per episode) and accepts nothing: the caller holds the batch and
-   stops consuming, which is back-pressure rather than data loss.
+   (after logging an ERROR once per episode) saying how much of the batch's head it took
+   (``taken``): the caller holds the rest and stops consuming, which is back-pressure rather than
+   data loss.
 
 Durability: spooled batches survive a crash or restart (each append is fsynced; a restarted
 worker replays the spool first). Batches in the memory buffer are spilled to the spool on a clean
@@ -37,7 +38,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NoReturn
 
 import orjson
 
@@ -62,7 +63,14 @@ class SpoolFull(UrbanSensingError):  # noqa: N818 - a state, like queue.Full
 
 
 class BufferFull(SinkError):  # noqa: N818 - a state, like queue.Full
-    """Memory and disk budgets are exhausted: hold the batch and stop consuming until it drains."""
+    """Memory and disk budgets are exhausted: hold the rest of the batch and stop consuming until it drains.
+
+    ``taken`` points from the head of the batch were buffered; retry with ``points[taken:]``.
+    """
+
+    def __init__(self, message: str, taken: int = 0) -> None:
+        super().__init__(message)
+        self.taken = taken
 
 
 def _segment_name(seq: int) -> str:
@@ -348,7 +356,8 @@ class BufferedSink:
         """Write or buffer ``points``.
 
         Raises:
-            BufferFull: memory and disk are full; nothing of ``points`` was taken. Retry later.
+            BufferFull: memory and disk are full; its ``taken`` head of ``points`` was buffered,
+                retry with the rest later.
             ValueError: a point cannot be encoded (from the underlying sink).
         """
         if not points:
@@ -363,8 +372,10 @@ class BufferedSink:
                 else:
                     self.stats["points_written"] += len(points)
                     return
-            self._hold(list(points))
-            self._refresh()
+            try:
+                self._hold(list(points))
+            finally:
+                self._refresh()
 
     async def flush(self, *, force: bool = False) -> bool:
         """Replay the backlog if the next probe is due (or ``force``); ``True`` when nothing is left."""
@@ -405,40 +416,56 @@ class BufferedSink:
         )
         self._probe_delay = min(self._probe_delay * 2, self._probe_max_s)
 
-    def _hold(self, points: list[Point]) -> None:
-        if not len(self.spool) and self._memory_count + len(points) <= self.memory_points:
-            self._memory.append(points)
-            self._memory_count += len(points)
-            self._full_episode = False
-            return
-        # A batch larger than the memory budget is spooled in memory-budget sized records, so one
-        # big micro-batch (a loaded worker batches more) cannot be refused by an empty spool.
-        # All or nothing: the records are only written when all of them fit.
+    def _spool_records(self, points: list[Point]) -> list[bytes]:
+        """``points`` encoded as spool records of at most a quarter of the spool's budget each."""
         step = max(1, self.memory_points)
-        records = [encode_points(points[i : i + step]) for i in range(0, len(points), step)]
-        need = sum(_HEADER.size + len(r) for r in records)
-        try:
-            if self.spool.bytes_used + need > self.spool.max_bytes:
-                msg = (
-                    f"spool {self.spool.directory}: {len(records)} record(s) of {need} bytes do not fit "
-                    f"({self.spool.bytes_used} of {self.spool.max_bytes} bytes used)"
-                )
-                raise SpoolFull(msg)
-            for r in records:
-                self.spool.append(r)
-        except SpoolFull as exc:
-            self.stats["buffer_full_events"] += 1
-            if not self._full_episode:
-                self._full_episode = True
-                logger.error(  # noqa: TRY400 - a state to shout about, not a traceback
-                    "time-series buffer FULL: store down, memory (%d points) and spool (%d of %d bytes) exhausted; "
-                    "pausing consumption until the store is back dir=%s",
-                    self._memory_count, self.spool.bytes_used, self.spool.max_bytes, self.spool.directory,
-                )
-            msg = f"time-series buffer full: {exc}"
-            raise BufferFull(msg) from exc
-        self.stats["spooled_points_total"] += len(points)
+        while True:
+            records = [encode_points(points[i : i + step]) for i in range(0, len(points), step)]
+            if step == 1 or max(len(r) for r in records) + _HEADER.size <= self.spool.max_bytes // 4:
+                return records
+            step //= 2
+
+    def _hold(self, points: list[Point]) -> None:
+        # Memory first (only while the spool is empty, so the order stays memory -> spool), then the
+        # spool in records small enough for its budget; whatever fits neither is refused with
+        # BufferFull(taken=...), so memory and disk fill up before consumption pauses, and one big
+        # micro-batch (a loaded worker batches more) is never refused by an empty store.
+        room = 0 if len(self.spool) else max(0, self.memory_points - self._memory_count)
+        head, tail = points[:room], points[room:]
+        if head:
+            self._memory.append(head)
+            self._memory_count += len(head)
+        taken = len(head)
+        if tail:
+            step = self._record_points(tail)
+            for i in range(0, len(tail), step):
+                chunk = tail[i : i + step]
+                try:
+                    self.spool.append(encode_points(chunk))
+                except SpoolFull as exc:
+                    self._full(exc, taken)
+                taken += len(chunk)
+                self.stats["spooled_points_total"] += len(chunk)
         self._full_episode = False
+
+    def _record_points(self, points: list[Point]) -> int:
+        """Points per spool record: the memory budget, halved until a record is <= 1/4 of the spool."""
+        step = max(1, self.memory_points)
+        while step > 1 and len(encode_points(points[:step])) + _HEADER.size > self.spool.max_bytes // 4:
+            step //= 2
+        return step
+
+    def _full(self, exc: SpoolFull, taken: int) -> NoReturn:
+        self.stats["buffer_full_events"] += 1
+        if not self._full_episode:
+            self._full_episode = True
+            logger.error(  # noqa: TRY400 - a state to shout about, not a traceback
+                "time-series buffer FULL: store down, memory (%d points) and spool (%d of %d bytes) exhausted; "
+                "pausing consumption until the store is back dir=%s",
+                self._memory_count, self.spool.bytes_used, self.spool.max_bytes, self.spool.directory,
+            )
+        msg = f"time-series buffer full: {exc}"
+        raise BufferFull(msg, taken) from exc
 
     async def _drain(self, *, force: bool) -> None:
         if not self.backlog:

@@ -285,6 +285,9 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
                         await sink.write(points)
                         break
                     except BufferFull as exc:
+                        points = points[exc.taken :]  # the head is buffered; hold only the rest
+                        if not points:
+                            break
                         sink_stats["buffer_full"] += 1
                         if not alerted:
                             alerted = True
@@ -326,7 +329,16 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
     @app.timer(interval=1.0)
     async def idle_tick() -> None:
         recovery = app.tables.recovery
-        if not recovery.completed.is_set():
+        # Faust never clears Recovery.completed; only app.rebalancing covers assignment -> restore
+        # (building a newly assigned partition from a table not yet restored lost its windows).
+        if app.rebalancing or not recovery.completed.is_set():
+            return
+        if any(b.full for b in buffered):
+            # Our own back-pressure (store down, buffers full) holds the stream: partitions we are
+            # not reading are not idle, or a replayed feed would jump to the wall clock and go late.
+            now = wall_ms()
+            for pw in pipeline.partitions.values():
+                pw.hold_idle(now)
             return
         for tp in app.consumer.assignment():
             if tp.topic == k.readings_topic and tp.partition not in pipeline.partitions:

@@ -321,7 +321,7 @@ def attach_alerting(  # noqa: C901 - one place that wires it all
 
     @app.timer(interval=1.0)
     async def alerting_tick() -> None:
-        if not app.tables.recovery.completed.is_set():
+        if app.rebalancing or not app.tables.recovery.completed.is_set():  # see streams.agents idle_tick
             return
         now = wall_ms()
         for tp in app.consumer.assignment():

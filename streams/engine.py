@@ -399,6 +399,12 @@ class PartitionWindows:
         self._last_input_ms = now_ms
         return True
 
+    def hold_idle(self, now_ms: int) -> None:
+        """Restart the idle clock: the host is not reading this partition (its own back-pressure),
+        so the silence says nothing about the feed."""
+        if self._last_input_ms is not None:
+            self._last_input_ms = now_ms
+
     # -- output -----------------------------------------------------------------------------
     def close_columns(self) -> list[tuple[WindowDef, Closed]]:
         """Close every window the watermark has passed, as columns per window definition."""

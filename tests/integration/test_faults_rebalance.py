@@ -8,13 +8,12 @@ from the changelog, resumes from its committed offsets and finishes the feed. Th
 aggregates topic (re-emitted copies must be identical but for the anomaly score) and the shared embedded store must
 both equal the numpy reference: nothing lost, nothing counted twice. Alert records keep stable ids.
 
-Found with this test (streams/agents.py, not fixed here): ``idle_tick`` only checks
+Found with this test (fixed in streams/agents.py): ``idle_tick`` only checked
 ``app.tables.recovery.completed``, which Faust sets after the first recovery and never clears. In
-the seconds between a new assignment and the end of its changelog restore, the timer creates the
+the seconds between a new assignment and the end of its changelog restore, the timer created the
 newly assigned partitions from the still-empty window table, so the dead worker's open windows
-are lost (windows missing, or re-emitted with partial counts). Guarding it with
-``app.rebalancing`` (True from revocation until recovery has finished) fixes it; until then this
-test is marked xfail.
+were lost (windows missing, or re-emitted with partial counts). It is now guarded with
+``app.rebalancing`` (True from revocation until recovery has finished).
 """
 
 from __future__ import annotations
@@ -54,10 +53,6 @@ from tests.services import free_port
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.faults,
-    # KNOWN BUG (streams/, owned elsewhere): the idle timer materialises newly assigned partitions
-    # from the not-yet-restored window table (Faust never clears Recovery.completed), so the dead
-    # worker's open windows are lost. Fix: guard idle_tick with app.rebalancing; then drop this mark.
-    pytest.mark.xfail(reason="streams/agents.py idle_tick runs during recovery (see module doc)", strict=False),
 ]
 
 ALL_PARTITIONS = {"0", "1", "2", "3"}

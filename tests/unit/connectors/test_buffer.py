@@ -127,12 +127,12 @@ def test_buffered_sink_outage_memory_then_spool_then_full_then_in_order(tmp_path
         await sink.write(pts(sent, 8))  # fails -> memory
         sent += 8
         assert sink.stats["buffered_memory_points"] == 8 and len(spool) == 0
-        full = 0
+        full = taken = 0
         for _ in range(200):
             try:
                 await sink.write(pts(sent, 8))
-            except BufferFull:
-                full += 1
+            except BufferFull as exc:
+                full, taken = full + 1, exc.taken
                 break
             sent += 8
         assert full == 1 and len(spool) > 0 and sink.full
@@ -142,7 +142,7 @@ def test_buffered_sink_outage_memory_then_spool_then_full_then_in_order(tmp_path
         real.up = True
         clock.t += 100
         assert await sink.flush()
-        await sink.write(pts(sent, 8))  # the refused batch, retried by the caller
+        await sink.write(pts(sent + taken, 8 - taken))  # the refused rest of the batch, retried by the caller
         sent += 8
         assert [p.time_ms for p in real.written] == list(range(sent))
         assert sink.stats["points_written"] == sent and not sink.backlog and spool.bytes_used == 0
@@ -187,7 +187,7 @@ def test_buffered_sink_probes_with_backoff(tmp_path: Path) -> None:
 
 
 def test_a_batch_larger_than_one_spool_record_is_spooled_in_pieces(tmp_path: Path) -> None:
-    """A big micro-batch during an outage is split, not refused by an empty spool; all or nothing."""
+    """A big micro-batch during an outage fills memory, then the spool; only the rest is refused."""
 
     async def run() -> None:
         real = FakeSink()
@@ -195,15 +195,37 @@ def test_a_batch_larger_than_one_spool_record_is_spooled_in_pieces(tmp_path: Pat
         one_record = len(encode_points(pts(0, 40))) + 64
         spool = SpoolQueue(tmp_path / "s", max_bytes=one_record * 4, segment_bytes=one_record)
         sink = BufferedSink(real, spool, memory_points=10)
-        await sink.write(pts(0, 40))  # larger than memory (10 points) and than a single record budget
-        assert len(spool) == 4 and sink.stats["spooled_points_total"] == 40 and not sink.full
-        used = spool.bytes_used
-        with pytest.raises(BufferFull):
-            await sink.write(pts(40, 400))  # cannot fit as a whole: nothing of it is taken
-        assert spool.bytes_used == used and len(spool) == 4
+        await sink.write(pts(0, 40))  # larger than memory (10 points): the head to memory, the rest spooled
+        assert sink.stats["buffered_memory_points"] == 10 and len(spool) == 3
+        assert sink.stats["spooled_points_total"] == 30 and not sink.full
+        with pytest.raises(BufferFull) as info:
+            await sink.write(pts(40, 400))  # fills the spool, the rest is refused
+        taken = info.value.taken
+        assert 0 < taken < 400 and sink.full and sink.stats["spooled_points_total"] == 30 + taken
+        assert sink.stats["buffered_memory_points"] == 10
         real.up = True
         assert await sink.flush(force=True)
-        assert [p.time_ms for p in real.written] == list(range(40))
+        assert [p.time_ms for p in real.written] == list(range(40 + taken))
+        await sink.close()
+
+    asyncio.run(run())
+
+
+def test_records_are_cut_to_fit_a_small_spool(tmp_path: Path) -> None:
+    """A memory budget whose batch encodes larger than the spool's budget: records are halved until they fit."""
+
+    async def run() -> None:
+        real = FakeSink()
+        real.up = False
+        per_point = len(encode_points(pts(0, 100))) / 100
+        spool = SpoolQueue(tmp_path / "s", max_bytes=int(per_point * 120), segment_bytes=1 << 20)
+        sink = BufferedSink(real, spool, memory_points=300)  # 300 points would never fit one record
+        await sink.write(pts(0, 300))
+        await sink.write(pts(300, 60))  # memory is full: spooled in records of <= a quarter of the budget
+        assert len(spool) > 1 and sink.stats["spooled_points_total"] == 60
+        real.up = True
+        assert await sink.flush(force=True)
+        assert [p.time_ms for p in real.written] == list(range(360))
         await sink.close()
 
     asyncio.run(run())
