@@ -16,6 +16,7 @@ from typing import Any
 
 import faust
 import orjson
+from faust.types import TP
 
 import models as models_pkg
 from connectors.buffer import BufferedSink, BufferFull, open_spool
@@ -128,6 +129,7 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
     register_api(app, settings)
     register_retention(app, settings)
     sink_stats = {"points_written": 0, "write_failures": 0, "buffer_full": 0}
+    read_to: dict[int, int] = {}  # readings partition -> next offset after the last one read
     buffered: list[BufferedSink] = []  # the timeseries agent's writer, for the flush timer and stats page
 
     async def emit(out: Output) -> None:
@@ -173,6 +175,9 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
     async def windows(stream: faust.StreamT) -> AsyncIterator[None]:
         async for events in stream.take_events(READINGS_BATCH, within=0.2):
             records = [Record(e.message.partition, e.message.offset, e.value, e.key, e.message.topic) for e in events]
+            for r in records:
+                if r.offset >= read_to.get(r.partition, 0):
+                    read_to[r.partition] = r.offset + 1
             await emit(pipeline.process(records, wall_ms(), table.data.items()))
             yield None
 
@@ -326,6 +331,14 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
         pipeline.forget()
         rollups.clear()
 
+    def backlogged(partition: int) -> bool:
+        """Records wait in the log that this worker has not read yet (it is behind, not idle)."""
+        try:
+            hw = app.consumer.highwater(TP(k.readings_topic, partition))
+        except Exception:  # no fetch yet, or a consumer without the information
+            return False
+        return hw is not None and read_to.get(partition, 0) < hw
+
     @app.timer(interval=1.0)
     async def idle_tick() -> None:
         recovery = app.tables.recovery
@@ -343,7 +356,11 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
         for tp in app.consumer.assignment():
             if tp.topic == k.readings_topic and tp.partition not in pipeline.partitions:
                 pipeline.partition(tp.partition, table.data.items())
-        await emit(pipeline.tick(wall_ms()))
+        now = wall_ms()
+        for p, pw in pipeline.partitions.items():
+            if backlogged(p):  # a slow consumer is not an idle feed: no jump to the wall clock
+                pw.hold_idle(now)
+        await emit(pipeline.tick(now))
         for p, zr in list(rollups.items()):
             if zr.partials and len(zr.marks) < zr.sources:  # waiting on sources that never reported
                 await flush_zone(p, set())
