@@ -539,9 +539,11 @@ def plot(result: dict[str, Any], path: Path) -> bool:
                 ax1.plot([x for x, _ in pts], [y for _, y in pts], style, label=f"{system} {q}")
         bounds = [(load, v["no_alert_within_s_of_incident_onset"]) for load, v in runs
                   if v.get("no_alert_within_s_of_incident_onset") is not None]
-        if bounds:  # a lower bound: no alert had arrived when the run stopped
-            ax1.plot([x for x, _ in bounds], [y for _, y in bounds], "^" if system == "ours" else "v",
-                     markersize=9, label=f"{system}: no alert yet (latency > this)")
+        # A lower bound where no alert had arrived when the run stopped; only for ours: the baseline's
+        # threshold rules do not fire on this workload at any load, so its "no alert" says nothing.
+        if bounds and system == "ours":
+            ax1.plot([x for x, _ in bounds], [y for _, y in bounds], "^", markersize=9,
+                     label=f"{system}: no alert yet (latency > this)")
         for load, v in runs:
             ax2.plot([t for t, _ in v["lag_over_time"]], [lag for _, lag in v["lag_over_time"]], style,
                      markersize=2, label=f"{system} {load}/s")
@@ -563,7 +565,7 @@ def main(argv: list[str]) -> int:  # noqa: C901, PLR0915 - one benchmark driver
     """Run the benchmark; print JSON (``--json``) or a summary."""
     ap = argparse.ArgumentParser(prog="python -m benchmarks e2e")
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--quick", action="store_true", help="10 s windows, 25 s per load, smaller backlog")
+    ap.add_argument("--quick", action="store_true", help="10 s windows, 20 s per load, smaller backlogs (about 10 min)")
     ap.add_argument("--loads", default="1000,10000", help="offered readings/s (comma separated)")
     ap.add_argument("--seconds", type=int, default=90, help="publishing time per offered load")
     ap.add_argument("--window-s", type=int, default=60)
