@@ -51,6 +51,11 @@ def test_influx_outage_buffers_spills_pauses_and_flushes_everything(tmp_path: Pa
             URBAN_INFLUX__URL=f"http://127.0.0.1:{influx.port}", URBAN_INFLUX__VERSION="1",
             URBAN_INFLUX__DATABASE=db, URBAN_INFLUX__MAX_RETRIES="1", URBAN_INFLUX__TIMEOUT_MS="2000",
             URBAN_INFLUX__BUFFER_MEMORY_POINTS="300", URBAN_INFLUX__SPOOL_MAX_BYTES=str(96 * 1024),
+            # The feed is an hour in the past and arrives in two parts with a pause between them
+            # (first points written, the store stopped): with the harness's 2 s idle timeout that
+            # pause is an "ended feed", whose event time the idle flush moves to the wall clock,
+            # making the second part late. The end of the test still relies on the idle flush.
+            URBAN_WINDOW__IDLE_TIMEOUT_MS="15000",
         )
         pcfg = producer_config(KafkaSettings(bootstrap_servers=bootstrap))
         topic = env["URBAN_KAFKA__READINGS_TOPIC"]
