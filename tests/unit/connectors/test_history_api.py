@@ -155,7 +155,6 @@ def test_faust_worker_serves_the_api(settings: Settings) -> None:
 
 
 def test_plot_png_via_api_and_cli(settings: Settings, tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
     from streams.plot import load_plot_data, run_plot_cli
 
     data = load_plot_data(settings, "s-a1", "m", T0, T0 + 3 * HOUR)
