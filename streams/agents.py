@@ -25,6 +25,7 @@ from connectors.lineprotocol import Point, aggregate_point, alert_point, zone_po
 from models.stream import StreamScorer
 from streams.alert_agents import attach_alerting
 from streams.api import register_api, register_retention
+from streams.app import persist
 from streams.deadletter import dead_letter
 from streams.engine import WindowDef, WindowSpec
 from streams.errors import InvalidReading, SinkError
@@ -169,7 +170,7 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
         data = table.data
         for partition, key, value in out.state:
             data[key] = value
-            table.send_changelog(partition, key, value)
+            await persist(table, partition, key, value)
 
     @app.agent(readings, name="urbansense.windows")
     async def windows(stream: faust.StreamT) -> AsyncIterator[None]:
@@ -229,14 +230,14 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
             doc = zr.window_state(key)
             if doc is None:
                 zone_table.data.pop(name, None)
-                zone_table.send_changelog(p, name, None, value_serializer="raw")
+                await persist(zone_table, p, name, None, value_serializer="raw")
             else:
                 doc["p"] = p
                 zone_table.data[name] = doc
-                zone_table.send_changelog(p, name, doc)
+                await persist(zone_table, p, name, doc)
         marks = {"p": p, "marks": {str(s): m for s, m in zr.marks.items()}}
         zone_table.data[f"__marks__:{p}"] = marks
-        zone_table.send_changelog(p, f"__marks__:{p}", marks)
+        await persist(zone_table, p, f"__marks__:{p}", marks)
 
     @app.agent(zone_partials, name="urbansense.zones")
     async def zones(stream: faust.StreamT) -> AsyncIterator[None]:

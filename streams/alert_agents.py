@@ -30,6 +30,7 @@ import orjson
 from alerting.engine import AlertEngine
 from alerting.errors import RuleError
 from alerting.rules import load_rules
+from streams.app import persist
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -241,7 +242,7 @@ def attach_alerting(  # noqa: C901 - one place that wires it all
                 data.pop(key, None)
             else:
                 data[key] = doc
-            table.send_changelog(partition, key, doc)
+            await persist(table, partition, key, doc)
         for rec in records:
             if handle.board is not None:
                 try:

@@ -64,6 +64,28 @@ def verify_end_offsets(kafka_cfg: dict[str, Any]) -> None:
     cls._highwaters = _highwaters  # type: ignore[method-assign]  # noqa: SLF001
 
 
+async def persist(table: Any, partition: int, key: Any, value: Any, **serializers: Any) -> None:
+    """Write one record to ``table``'s changelog now, so the next offset commit waits for it.
+
+    Faust's ``Table.send_changelog`` queues the record in its producer buffer (``send_soon``).
+    Before committing offsets Faust flushes that buffer, but ``ProducerBuffer.flush_atmost``
+    returns as soon as no record leaves it for 0.1 s, and the commit goes ahead: on a loaded
+    machine the offsets of a batch were committed while its state records were still queued,
+    and a SIGKILL then lost them (a restart neither restored the state nor re-read the input).
+    Awaiting ``Topic.send`` hands the record to the aiokafka producer, whose ``flush()`` the
+    commit does wait for in full. ``serializers`` are ``key_serializer``/``value_serializer``
+    overrides (default: the table's).
+    """
+    await table.changelog_topic.send(
+        key=key,
+        value=value,
+        partition=partition,
+        key_serializer=serializers.get("key_serializer", table.key_serializer),
+        value_serializer=serializers.get("value_serializer", table.value_serializer),
+        callback=table._on_changelog_sent,  # noqa: SLF001 - keeps Faust's persisted-offset bookkeeping
+    )
+
+
 def create_app(settings: Settings, **overrides: Any) -> faust.App:
     """A configured Faust app with the UrbanSense agents, tables and web views attached."""
     from streams.agents import attach  # agents need the app; keep the import local
