@@ -4,13 +4,20 @@
 It combines robust z-scores that each catch a different NAB anomaly shape:
 
 * ``level``: the value against the rolling median/MAD of the recent past (spikes, dips, level shifts);
-* ``diff``: the first difference against the rolling median/MAD of past differences (sudden jumps);
+* ``shape``: the distance of the last ``shape_rows`` values to the nearest earlier window of values
+  (patterns never seen before);
 * ``season``: the residual against a profile learned online per hour-of-day, or per hour-of-week once a
   bucket has enough history (anomalies that look normal in level but not for that time of day/week);
 * ``drift``: the mean of the recent seasonal residuals against their long-run spread (slow shifts).
 
-The largest z is squashed to [0, 1] with a fixed curve (the NAB sweep picks one global threshold, so the
-score needs to be comparable across series rather than "probability-like"), then
+The ``level``/``season``/``drift`` baselines are kept at several lengths at once (an ensemble over
+``history_scales``, octaves around ``history_rows``): a short baseline reacts to a recent change of regime, a
+long one knows more of the series' normal range, and no single length suits every series (NAB files are
+sampled every 5 minutes to every hour). Each length gives its own score; the row's score is their mean,
+which is steadier across series than any one of them, so the single NAB threshold carries over better.
+
+Within one baseline length the largest z is squashed to [0, 1] with a fixed curve (the NAB sweep picks
+one global threshold, so the score needs to be comparable across series rather than "probability-like"), then
 **suppressed**: a score is emitted in full only when it beats a slowly decaying record of recent emitted
 scores. NAB counts only the first detection in a label window and charges every extra false positive,
 so one loud flag followed by quiet is what pays. Values judged anomalous do not update the baselines they
@@ -42,6 +49,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["CausalDetector", "DetectorConfig", "score_series"]
 
 _HOUR_MS = 3_600_000
+_Z_COMPONENTS = ("level", "season", "drift")
 _MAD_TO_SIGMA = 1.4826
 
 
@@ -50,7 +58,9 @@ class DetectorConfig:
     """Settings of :class:`CausalDetector` (one global setting for every series; no per-file tuning).
 
     Attributes:
-        history_rows: length of the rolling baseline (rows).
+        history_rows: length of the main rolling baseline (rows).
+        history_scales: the baselines kept, as multiples of ``history_rows`` (at least ``min_rows`` each); the
+            score is the mean of the scores of the baselines. ``(1.0,)`` is the single-baseline detector.
         min_rows: rows needed before any score other than 0 is emitted.
         drift_rows: rows averaged by the drift component.
         bucket_rows: values kept per seasonal bucket.
@@ -74,11 +84,13 @@ class DetectorConfig:
             emitted score raises the record to itself plus this margin (so a slowly rising score emits once,
             not once per row).
         suppressed_factor: multiplier for scores that do not beat the record.
-        protect_z: values with a z above this enter the baselines clipped to this z.
+        protect_z: values with a z above this enter the baselines clipped to this z (each baseline clips by its
+            own median/MAD; the seasonal buckets learn the value clipped by the main baseline).
         refresh_rows: recompute the robust baselines every this many rows (1: every row).
     """
 
     history_rows: int = 600
+    history_scales: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
     min_rows: int = 48
     drift_rows: int = 12
     bucket_rows: int = 64
@@ -129,12 +141,32 @@ class _Ring:
         return self._n
 
 
+def _lerp(a: float, b: float, t: float) -> float:
+    """Linear interpolation written as numpy's ``percentile`` does it (same rounding)."""
+    d = b - a
+    return b - d * (1.0 - t) if t >= 0.5 else a + d * t
+
+
 def _robust(values: NDArray[np.float64]) -> tuple[float, float]:
-    """Median and a robust sigma (MAD, floored by the inter-decile spread for near-constant series)."""
-    med = float(np.median(values))
-    mad = float(np.median(np.abs(values - med))) * _MAD_TO_SIGMA
-    lo, hi = np.percentile(values, [10.0, 90.0])
-    spread = float(hi - lo) / 2.563  # inter-decile range of a normal, in sigmas
+    """Median and a robust sigma (MAD, floored by the inter-decile spread for near-constant series).
+
+    One partial sort gives the median and both deciles (the values of ``np.median`` and of the default
+    ``np.percentile``, to the last bit), a second one the MAD; this runs once per baseline and row.
+    """
+    n = values.shape[0]
+    half = n // 2
+    pos_lo, pos_hi = 0.1 * (n - 1), 0.9 * (n - 1)
+    i_lo, i_hi = math.floor(pos_lo), math.floor(pos_hi)
+    kth = sorted({half - 1 if n % 2 == 0 else half, half, i_lo, min(i_lo + 1, n - 1), i_hi, min(i_hi + 1, n - 1)})
+    part = np.partition(values, kth)
+    med = float(part[half]) if n % 2 else (float(part[half - 1]) + float(part[half])) / 2.0
+    lo = _lerp(float(part[i_lo]), float(part[min(i_lo + 1, n - 1)]), pos_lo - i_lo)
+    hi = _lerp(float(part[i_hi]), float(part[min(i_hi + 1, n - 1)]), pos_hi - i_hi)
+    dev = np.abs(values - med)
+    dev_part = np.partition(dev, [half - 1, half] if n % 2 == 0 else [half])
+    mad_raw = float(dev_part[half]) if n % 2 else (float(dev_part[half - 1]) + float(dev_part[half])) / 2.0
+    mad = mad_raw * _MAD_TO_SIGMA
+    spread = (hi - lo) / 2.563  # inter-decile range of a normal, in sigmas
     return med, max(mad, 0.25 * spread, 1e-9 * (abs(med) + 1.0))
 
 
@@ -223,32 +255,54 @@ class _ShapeMemory:
         return novelty
 
 
+class _Baseline:
+    """One baseline length of the ensemble: recent values and seasonal residuals, with the z records."""
+
+    __slots__ = ("records", "resid", "stats", "values")
+
+    def __init__(self, rows: int, c: DetectorConfig) -> None:
+        self.values = _Ring(rows)
+        self.resid = _Ring(rows)
+        self.records = {
+            name: _Record(c.record_half_life_rows, c.record_half_life_frac, c.record_step) for name in _Z_COMPONENTS
+        }
+        self.stats: tuple[float, float, float, float] | None = None
+
+    def robust_stats(self, refresh: bool) -> tuple[float, float, float, float]:
+        """``(median, sigma)`` of the values and of the residuals, recomputed when ``refresh`` (or first use)."""
+        if self.stats is None or refresh:
+            med, sd = _robust(self.values.view())
+            rmed, rsd = _robust(self.resid.view()) if len(self.resid) else (0.0, 1.0)
+            self.stats = (med, sd, rmed, rsd)
+        return self.stats
+
+
 class CausalDetector:
     """Streaming detector: ``update(ts_ms, value) -> score in [0, 1]`` using only past and current rows."""
-
-    _Z_COMPONENTS = ("level", "season", "drift")
 
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
         c = self.config
-        self._values = _Ring(c.history_rows)
-        self._resid = _Ring(c.history_rows)
+        if not c.history_scales or min(c.history_scales) <= 0.0:
+            msg = f"DetectorConfig.history_scales: expected positive multiples, got {c.history_scales!r}"
+            raise ScoringError(msg)
+        self._baselines = [_Baseline(max(c.min_rows, round(c.history_rows * m)), c) for m in c.history_scales]
+        # the seasonal buckets learn the value as protected by the baseline closest to history_rows
+        self._main = min(range(len(c.history_scales)), key=lambda k: abs(math.log(c.history_scales[k])))
         self._recent_resid = _Ring(c.drift_rows)
         self._day: dict[int, _Ring] = {}
         self._week: dict[int, _Ring] = {}
         self._shape = _ShapeMemory(c.shape_rows, c.shape_init_rows, c.memory_rows)
-        self._records = {
-            name: _Record(c.record_half_life_rows, c.record_half_life_frac, c.record_step)
-            for name in (*self._Z_COMPONENTS, "shape")
-        }
-        self._floors = {name: c.z_record_floor for name in self._Z_COMPONENTS} | {"shape": c.shape_record_floor}
+        self._shape_record = _Record(c.record_half_life_rows, c.record_half_life_frac, c.record_step)
         self._hold = 0.0
         self._rows = 0
-        self._stats: tuple[float, float, float, float] | None = None
-        #: raw component values of the last row (``level``/``season``/``drift`` z, ``shape`` novelty)
+        #: raw component values of the last row for the main baseline (``level``/``season``/``drift`` z,
+        #: ``shape`` novelty)
         self.last_components: dict[str, float] = {}
-        #: component values divided by their records, for the last row
+        #: component values divided by their records, for the last row and the main baseline
         self.last_ratios: dict[str, float] = {}
+        #: score of each baseline (before averaging and suppression), for the last row
+        self.last_scores: tuple[float, ...] = ()
 
     def _bucket_median(self, ts_ms: int) -> float | None:
         hour = ts_ms // _HOUR_MS
@@ -265,13 +319,6 @@ class CausalDetector:
         size = self.config.bucket_rows
         self._day.setdefault(hour % 24, _Ring(size)).push(x)
         self._week.setdefault(hour % 168, _Ring(size)).push(x)
-
-    def _baselines(self) -> tuple[float, float, float, float]:
-        if self._stats is None or self._rows % self.config.refresh_rows == 0:
-            med, sd = _robust(self._values.view())
-            rmed, rsd = _robust(self._resid.view()) if len(self._resid) else (0.0, 1.0)
-            self._stats = (med, sd, rmed, rsd)
-        return self._stats
 
     def update(self, ts_ms: int, value: float) -> float:
         """Score one row and learn from it. Rows must come in file order.
@@ -293,25 +340,42 @@ class CausalDetector:
         x = float(value)
         season = self._bucket_median(ts_ms)
         r = 0.0 if season is None else x - season
-        comp: dict[str, float] = {}
-        warm = len(self._values) >= c.min_rows
-        med = sd = 0.0
-        if warm:
-            med, sd, rmed, rsd = self._baselines()
-            comp["level"] = abs(x - med) / sd
-            if season is not None and len(self._resid) >= c.min_rows:
-                comp["season"] = abs(r - rmed) / rsd
-                recent = np.r_[self._recent_resid.last(c.drift_rows - 1), r]
-                comp["drift"] = abs(float(recent.mean()) - rmed) / rsd
+        warm = self._rows >= c.min_rows
         novelty = self._shape.score(x)
+        shape_ratio: float | None = None
         if novelty is not None:
-            comp["shape"] = novelty
-        ratios = {k: self._records[k].ratio(val, self._floors[k]) for k, val in comp.items()} if warm else {}
-        for k, v in comp.items():
-            self._records[k].learn(v, self._floors[k], self._rows)
-        self.last_components, self.last_ratios = comp, ratios
-        ratio = max(ratios.values(), default=0.0)
-        raw = 1.0 - math.exp(-max(0.0, ratio - c.ratio_offset) / c.ratio_scale)
+            shape_ratio = self._shape_record.ratio(novelty, c.shape_record_floor)
+            self._shape_record.learn(novelty, c.shape_record_floor, self._rows)
+        recent_mean = float(np.r_[self._recent_resid.last(c.drift_rows - 1), r].mean())
+        refresh = self._rows % c.refresh_rows == 0
+        scores: list[float] = []
+        learned: list[float] = []
+        for k, base in enumerate(self._baselines):
+            comp: dict[str, float] = {}
+            ratios: dict[str, float] = {}
+            x_learn = x
+            if warm:
+                med, sd, rmed, rsd = base.robust_stats(refresh)
+                comp["level"] = abs(x - med) / sd
+                if season is not None and len(base.resid) >= c.min_rows:
+                    comp["season"] = abs(r - rmed) / rsd
+                    comp["drift"] = abs(recent_mean - rmed) / rsd
+                ratios = {name: base.records[name].ratio(v, c.z_record_floor) for name, v in comp.items()}
+                for name, v in comp.items():
+                    base.records[name].learn(v, c.z_record_floor, self._rows)
+                if shape_ratio is not None:
+                    ratios["shape"] = shape_ratio
+                # protect the baseline: an outlier enters it clipped, so it cannot mask what follows
+                if comp["level"] > c.protect_z:
+                    x_learn = med + math.copysign(c.protect_z * sd, x - med)
+            ratio = max(ratios.values(), default=0.0)
+            scores.append(1.0 - math.exp(-max(0.0, ratio - c.ratio_offset) / c.ratio_scale))
+            learned.append(x_learn)
+            if k == self._main:
+                self.last_components = comp | ({"shape": novelty} if novelty is not None else {})
+                self.last_ratios = ratios
+        self.last_scores = tuple(scores)
+        raw = math.fsum(scores) / len(scores)
         # suppression: only a score that beats the decaying record of emitted scores is emitted in full,
         # and it raises that record above itself, so a persisting or slowly rising score emits only once
         if raw > self._hold:
@@ -320,15 +384,13 @@ class CausalDetector:
         else:
             out = raw * c.suppressed_factor
         self._hold *= 0.5 ** (1.0 / max(c.hold_half_life_rows, c.hold_half_life_frac * self._rows))
-        # protect the baselines: an outlier enters them clipped, so it cannot mask what follows
-        x_learn = x
-        if warm and comp["level"] > c.protect_z:
-            x_learn = med + math.copysign(c.protect_z * sd, x - med)
-        self._values.push(x_learn)
+        for base, x_learn in zip(self._baselines, learned, strict=True):
+            base.values.push(x_learn)
+            if season is not None:
+                base.resid.push(r)
         if season is not None:
-            self._resid.push(r)
             self._recent_resid.push(r)
-        self._learn_bucket(ts_ms, x_learn)
+        self._learn_bucket(ts_ms, learned[self._main])
         self._rows += 1
         return min(1.0, max(0.0, out))
 

@@ -142,3 +142,40 @@ def test_nearest_shape_matches_brute_force() -> None:
         want = float(np.sqrt(np.min(np.sum((past - vec) ** 2, axis=1)))) if len(past) else 0.0
         assert got == pytest.approx(want, abs=1e-9)
         history.append(vec)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 11, 299, 300, 2400])
+def test_robust_equals_numpy_median_and_percentiles(n: int) -> None:
+    # _robust takes the median and deciles from one partial sort; it must give numpy's values bit for bit
+    from models.detector import _MAD_TO_SIGMA, _robust
+
+    rng = np.random.default_rng(n)
+    for values in (rng.normal(0.0, 7.0, n), np.round(rng.exponential(3.0, n), 1), np.full(n, 2.5)):
+        med = float(np.median(values))
+        mad = float(np.median(np.abs(values - med))) * _MAD_TO_SIGMA
+        lo, hi = np.percentile(values, [10.0, 90.0])
+        want = (med, max(mad, 0.25 * float(hi - lo) / 2.563, 1e-9 * (abs(med) + 1.0)))
+        assert _robust(values) == want
+
+
+def test_score_is_mean_of_the_baseline_scores() -> None:
+    # the ensemble: one score per baseline length, the emitted score (when not suppressed) is their mean
+    ts, x = _synthetic()
+    x[700] += 40.0
+    det = CausalDetector()
+    for t, v in zip(ts[:700], x[:700], strict=True):
+        det.update(int(t), float(v))
+    s = det.update(int(ts[700]), float(x[700]))
+    assert len(det.last_scores) == len(DetectorConfig().history_scales)
+    assert s == pytest.approx(sum(det.last_scores) / len(det.last_scores))
+    assert s > 0.8
+
+
+def test_single_baseline_config_and_bad_scales() -> None:
+    ts, x = _synthetic(600)
+    single = score_series(ts, x, DetectorConfig(history_scales=(1.0,)))
+    assert np.all((single >= 0.0) & (single <= 1.0))
+    with pytest.raises(ScoringError, match="history_scales"):
+        CausalDetector(DetectorConfig(history_scales=()))
+    with pytest.raises(ScoringError, match="history_scales"):
+        CausalDetector(DetectorConfig(history_scales=(1.0, 0.0)))

@@ -121,3 +121,19 @@ def test_scores_out_of_range_rejected(nab_root: Path) -> None:
     f = nab.load_corpus(nab_root)[0]
     with pytest.raises(BenchmarkDataError, match=r"\[0, 1\]"):
         f.with_scores(np.full(f.values.shape, 1.5))
+
+
+def test_leave_one_file_out_scores_each_file_at_the_others_threshold() -> None:
+    from benchmarks.nab import _leave_one_file_out
+
+    def scored(name: str, hit: int, score: float) -> nab.ScoredFile:
+        s = np.zeros(100)
+        s[hit] = score
+        return nab.ScoredFile(name, s, np.array([50]), np.array([59]))
+
+    # a and b detect their window at 0.9; c only at 0.5, which the other two never need
+    files = [scored("a", 50, 0.9), scored("b", 50, 0.9), scored("c", 50, 0.5)]
+    out = _leave_one_file_out(files, STD)
+    assert out["raw_per_file"]["a"] == pytest.approx(1.0)
+    assert out["raw_per_file"]["c"] == pytest.approx(-1.0)  # the others' threshold (0.9) misses c's window
+    assert out["standard"] == pytest.approx(nab.normalise(1.0 + 1.0 - 1.0, 3, STD), abs=1e-4)
