@@ -610,10 +610,23 @@ def parse_batch(  # noqa: C901, PLR0912 - one loop, kept flat: it runs once per 
         try:
             reading = parse_reading(raw, now_ms=now_ms, max_bytes=max_bytes)
         except InvalidReading as err:
-            errors.append((i, err))
+            errors.append((i, _detached(err)))
             continue
         rows.append(i, reading)
     return rows, errors
+
+
+def _detached(err: InvalidReading) -> InvalidReading:
+    """``err`` without its traceback and suppressed context.
+
+    A traceback holds the frames it passed (parse_batch's, whose ``errors`` list holds ``err``; and
+    each frame its caller's): kept, every dead letter made its whole micro-batch (rows, the
+    caller's output) cyclic garbage that only the cyclic GC frees, after promoting and traversing
+    it. Callers use ``reason`` and ``detail`` only.
+    """
+    err.__traceback__ = None
+    err.__context__ = None
+    return err
 
 
 def _parse_full(raw: bytes, *, now_ms: int, max_bytes: int) -> Reading:

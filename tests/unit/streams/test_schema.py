@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import gc
+
 import orjson
 import pytest
 
 from streams.errors import InvalidReading
-from streams.schema import encode_reading, format_ts, parse_reading, parse_ts
+from streams.schema import encode_reading, format_ts, parse_batch, parse_reading, parse_ts
 
 NOW = 1_800_000_000_000
 
@@ -79,3 +81,20 @@ def test_timestamps_round_trip_exactly(ts_ms: int) -> None:
 def test_sub_millisecond_digits_truncate() -> None:
     assert parse_ts("2026-11-29T08:00:00.1239Z", "x") % 1000 == 123
     assert parse_ts("2026-11-29T08:00:00+00:00", "x") % 1000 == 0
+
+
+def test_dead_letters_leave_no_cyclic_garbage() -> None:
+    """A rejected message's error keeps no traceback: the batch is freed by reference counting."""
+    batch = [b"{", orjson.dumps(good(kind="weather")), b"[]", orjson.dumps(good(ts="2026-11-29T08:00:00.000")),
+             orjson.dumps(good())]
+    gc.collect()
+    gc.disable()
+    try:
+        rows, errors = parse_batch(batch, now_ms=NOW)
+        assert [(i, e.reason) for i, e in errors] == [(0, "bad_json"), (1, "bad_kind"), (2, "wrong_type"),
+                                                      (3, "bad_timestamp")]
+        assert len(rows) == 1
+        del rows, errors
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
