@@ -3,12 +3,22 @@
 All sinks take :class:`~connectors.lineprotocol.Point` batches; the layout of the ``window_agg``
 and ``alert`` measurements is documented in :mod:`connectors.lineprotocol`. Both Influx sinks
 send the bytes of :func:`~connectors.lineprotocol.encode_lines` with precision ``ms``, split
-into requests of at most ``batch_size`` points.
+into requests of at most ``batch_size`` points. Every request body of a batch is encoded before
+the first is sent, so a point that cannot be encoded stops the whole batch.
+
+Ordering (InfluxDB 1.x): a ``write`` returns only when all of its requests succeeded. It sends up
+to ``max_in_flight`` of them at once, but only when no series and timestamp appears in two of its
+requests (a later value of a point must win); otherwise it sends them one at a time, in order.
+Calls to ``write`` never overlap inside the sink's callers (the outage buffer serialises them), so
+points of one series reach the server in the order given.
 
 Retry policy (both Influx sinks): connection errors, timeouts, HTTP 5xx and 429 are retried
 ``max_retries`` times with exponential backoff plus jitter; any other 4xx fails at once. Either
 way the caller gets :class:`~streams.errors.SinkError` naming the status, the server's error
-text and the first line of the rejected request. Credentials never appear in logs or messages.
+text and the first line of the rejected request; requests of the batch still in flight are
+cancelled, and the caller writes the whole batch again (InfluxDB overwrites a point with the same
+series and timestamp, so a repeated request is harmless). Credentials never appear in logs or
+messages.
 """
 
 from __future__ import annotations
@@ -29,7 +39,7 @@ from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 from pydantic import SecretStr
 
-from connectors.lineprotocol import Point, encode_lines
+from connectors.lineprotocol import Point, encode_lines, series_key
 from connectors.store import SqliteStore
 from streams.errors import SinkError
 
@@ -42,6 +52,10 @@ Sleep = Callable[[float], Awaitable[None]]
 T = TypeVar("T")
 
 DEFAULT_BATCH_SIZE: Final = 5000
+#: gzip level 1: 30x smaller line protocol for a quarter of the CPU of level 5 (35x).
+DEFAULT_GZIP_LEVEL: Final = 1
+#: One request at a time by default: a slow store never sees more than one request from a worker.
+DEFAULT_MAX_IN_FLIGHT: Final = 1
 _MAX_SHOWN_CHARS: Final = 300
 
 
@@ -172,6 +186,15 @@ def _first_line(body: bytes) -> str:
     return body.split(b"\n", 1)[0].decode(errors="replace")
 
 
+def _chunks_share_a_point(points: Sequence[Point], size: int) -> bool:
+    """Whether one series and timestamp occurs in two of the ``size``-point chunks of ``points``."""
+    first_chunk: dict[tuple[str, int], int] = {}
+    for i, point in enumerate(points):
+        if first_chunk.setdefault((series_key(point), int(point.time_ms)), i // size) != i // size:
+            return True
+    return False
+
+
 class InfluxV1Sink:
     """Writes to InfluxDB 1.x over its HTTP API with aiohttp.
 
@@ -190,9 +213,11 @@ class InfluxV1Sink:
         base_delay_ms: first backoff delay; doubles per retry.
         max_delay_ms: cap of the backoff delay.
         sleep: awaitable sleep, injectable for tests.
+        gzip_level: zlib level 1-9 of the compressed bodies.
+        max_in_flight: most requests of one ``write`` sent at once (see the module doc).
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - keyword-only tuning knobs
         self,
         url: str,
         database: str,
@@ -206,6 +231,8 @@ class InfluxV1Sink:
         base_delay_ms: int = 200,
         max_delay_ms: int = 10_000,
         sleep: Sleep = asyncio.sleep,
+        gzip_level: int = DEFAULT_GZIP_LEVEL,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             msg = f"InfluxV1Sink url: expected http:// or https://, got {url!r}"
@@ -216,10 +243,18 @@ class InfluxV1Sink:
                 f"{database!r}, {timeout_ms}, {batch_size}"
             )
             raise ValueError(msg)
+        if not 1 <= gzip_level <= 9 or max_in_flight < 1:  # noqa: PLR2004 - zlib's levels
+            msg = (
+                "InfluxV1Sink: expected 1 <= gzip_level <= 9 and max_in_flight >= 1, got "
+                f"{gzip_level}, {max_in_flight}"
+            )
+            raise ValueError(msg)
         self.url = url.rstrip("/")
         self.database = database
         self.gzip = gzip
+        self.gzip_level = gzip_level
         self.batch_size = batch_size
+        self.max_in_flight = max_in_flight
         self._auth = (
             aiohttp.BasicAuth(username, password.get_secret_value() if password else "")
             if username
@@ -237,6 +272,7 @@ class InfluxV1Sink:
         )
         self._session: aiohttp.ClientSession | None = None
         self._database_ready = False
+        self._write_params = {"db": database, "precision": "ms"}
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -275,7 +311,7 @@ class InfluxV1Sink:
         logger.info("influx database ready url=%s database=%s", self.url, self.database)
 
     async def write(self, points: Sequence[Point]) -> None:
-        """Write points, ``batch_size`` per request.
+        """Write points, ``batch_size`` per request, up to ``max_in_flight`` requests at once.
 
         Raises:
             ValueError: a point cannot be encoded (nothing of the batch is sent).
@@ -285,19 +321,42 @@ class InfluxV1Sink:
         if not bodies:
             return
         await self._ensure_database()
-        params = {"db": self.database, "precision": "ms"}
-        for count, body in bodies:
-            headers = {"Content-Type": "text/plain; charset=utf-8"}
-            data = body
-            if self.gzip:
-                data = gzip_lib.compress(body, compresslevel=5)
-                headers["Content-Encoding"] = "gzip"
-            await self._retry.run(
-                functools.partial(self._post, "/write", data, params, headers),
-                f"write of {count} points",
-                _first_line(body),
-            )
-            logger.debug("influx wrote points=%d bytes=%d", count, len(data))
+        lanes = min(self.max_in_flight, len(bodies))
+        if lanes > 1 and _chunks_share_a_point(points, self.batch_size):
+            logger.debug("influx write in order: a point repeats across requests points=%d", len(points))
+            lanes = 1
+        if lanes == 1:
+            for count, body in bodies:
+                await self._write_body(count, body)
+            return
+        queue = iter(bodies)
+
+        async def lane() -> None:
+            for count, body in queue:  # shared: each request is taken once, in order
+                await self._write_body(count, body)
+
+        tasks = [asyncio.ensure_future(lane()) for _ in range(lanes)]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()  # the first failure (SinkError) propagates
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _write_body(self, count: int, body: bytes) -> None:
+        headers = {"Content-Type": "text/plain; charset=utf-8"}
+        data = body
+        if self.gzip:
+            data = gzip_lib.compress(body, compresslevel=self.gzip_level)
+            headers["Content-Encoding"] = "gzip"
+        await self._retry.run(
+            functools.partial(self._post, "/write", data, self._write_params, headers),
+            f"write of {count} points",
+            _first_line(body),
+        )
+        logger.debug("influx wrote points=%d bytes=%d", count, len(data))
 
     async def close(self) -> None:
         """Close the HTTP session."""

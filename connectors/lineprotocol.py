@@ -46,6 +46,9 @@ ALERT_TAGS: Final = ("rule", "severity", "state", "kind", "zone", "sensor_id", "
 ZONE_MEASUREMENT: Final = "zone_agg"
 ZONE_TAGS: Final = ("kind", "zone", "metric", "unit", "window", "window_size_ms")
 
+# the record keys of the tags; window_size_ms (always last) comes from the record's size_ms
+_AGG_RECORD_TAGS: Final = AGG_TAGS[:-1]
+_ZONE_RECORD_TAGS: Final = ZONE_TAGS[:-1]
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
 # Influx 1.x has no escape for a backslash in names and tag values, and none for line breaks.
@@ -53,6 +56,11 @@ _FORBIDDEN_IN_KEYS: Final = ("\\", "\n", "\r")
 _MEASUREMENT_ESCAPES: Final = str.maketrans({",": r"\,", " ": r"\ "})
 _KEY_ESCAPES: Final = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
 _STRING_ESCAPES: Final = str.maketrans({"\\": "\\\\", '"': '\\"'})
+#: Bounded caches of the encoder: (measurement, *tag items) -> escaped series head, field key -> "key=".
+#: Cleared when full, so memory stays bounded whatever the series cardinality (about 20 MB at most).
+_CACHE_MAX: Final = 65_536
+_SERIES: dict[tuple[str, ...], str] = {}
+_FIELD_KEYS: dict[str, str] = {}
 
 FieldValue = float | int | str | bool
 
@@ -116,8 +124,42 @@ def _field(point: Point, key: str, value: object) -> str:
     raise ValueError(msg)
 
 
+def _check_measurement(point: Point) -> None:
+    _check_name(point, "measurement", point.measurement)
+    if point.measurement.startswith("#"):
+        msg = f"point measurement={point.measurement!r}: a leading '#' makes the line a comment"
+        raise ValueError(msg)
+
+
+def _series(point: Point) -> str:
+    """The checked, escaped ``measurement,tag=value,...`` head of a line (tags sorted by key)."""
+    _check_measurement(point)
+    parts = [point.measurement.translate(_MEASUREMENT_ESCAPES)]
+    for key in sorted(point.tags):
+        tag = point.tags[key]
+        _check_name(point, "tag key", key)
+        _check_name(point, f"value of tag {key!r}", tag)
+        parts.append(f",{key.translate(_KEY_ESCAPES)}={tag.translate(_KEY_ESCAPES)}")
+    return "".join(parts)
+
+
+def _field_key(point: Point, key: str) -> str:
+    """The checked, escaped ``key=`` of a field."""
+    _check_name(point, "field key", key)
+    text = f"{key.translate(_KEY_ESCAPES)}="
+    if len(_FIELD_KEYS) >= _CACHE_MAX:
+        _FIELD_KEYS.clear()
+    _FIELD_KEYS[key] = text
+    return text
+
+
 def encode_line(point: Point) -> str:
     """Encode one point as a line of line protocol (no trailing newline).
+
+    The checked and escaped series head (measurement and sorted tags) and field keys are cached
+    (bounded), so a series seen before costs a dict lookup; values of the common exact types
+    (``float``, ``int``, ``str``) are formatted inline, anything else goes through the general
+    checks. The output is the same either way.
 
     Raises:
         ValueError: empty measurement, key or tag value; a name with a backslash or line break;
@@ -128,24 +170,57 @@ def encode_line(point: Point) -> str:
         >>> encode_line(Point("m", {"b": "x y", "a": "1"}, {"v": 3.0, "n": 2, "s": 'say "hi"'}, 5))
         'm,a=1,b=x\\\\ y v=3.0,n=2i,s="say \\\\"hi\\\\"" 5'
     """
-    _check_name(point, "measurement", point.measurement)
-    if point.measurement.startswith("#"):
-        msg = f"point measurement={point.measurement!r}: a leading '#' makes the line a comment"
-        raise ValueError(msg)
-    if not point.fields:
+    fields = point.fields
+    if not fields:
+        _check_measurement(point)  # a bad measurement is reported first
         msg = f"point measurement={point.measurement!r}: expected at least one field, got none"
         raise ValueError(msg)
-    parts = [point.measurement.translate(_MEASUREMENT_ESCAPES)]
-    for key in sorted(point.tags):
-        tag = point.tags[key]
-        _check_name(point, "tag key", key)
-        _check_name(point, f"value of tag {key!r}", tag)
-        parts.append(f",{key.translate(_KEY_ESCAPES)}={tag.translate(_KEY_ESCAPES)}")
-    fields = []
-    for key, value in point.fields.items():
-        _check_name(point, "field key", key)
-        fields.append(f"{key.translate(_KEY_ESCAPES)}={_field(point, key, value)}")
-    return f"{''.join(parts)} {','.join(fields)} {int(point.time_ms)}"
+    try:
+        cache_key: tuple[Any, ...] | None = (point.measurement, *point.tags.items())
+        series = _SERIES.get(cache_key)  # type: ignore[arg-type] # a tuple of str pairs
+    except TypeError:  # an unhashable tag value: the checks below name it
+        cache_key, series = None, None
+    if series is None:
+        series = _series(point)
+        if cache_key is not None:
+            if len(_SERIES) >= _CACHE_MAX:
+                _SERIES.clear()
+            _SERIES[cache_key] = series
+    out = []
+    append = out.append
+    keys = _FIELD_KEYS
+    for key, value in fields.items():
+        head = keys.get(key) or _field_key(point, key)
+        kind = type(value)
+        if kind is float:
+            if value - value == 0.0:  # finite: inf - inf and nan - nan are nan
+                append(head + repr(value))
+                continue
+        elif kind is int:
+            if _INT64_MIN <= value <= _INT64_MAX:
+                append(f"{head}{value}i")
+                continue
+        elif kind is str:
+            if '"' in value or "\\" in value:
+                value = value.translate(_STRING_ESCAPES)
+            append(f'{head}"{value}"')
+            continue
+        append(head + _field(point, key, value))
+    stamp = point.time_ms
+    return f"{series} {','.join(out)} {stamp if type(stamp) is int else int(stamp)}"
+
+
+def series_key(point: Point) -> str:
+    """The escaped ``measurement,tag=value,...`` head of the point's line, equal for one series.
+
+    Raises:
+        ValueError: as :func:`encode_line`, for the measurement and tags.
+    """
+    try:
+        series = _SERIES.get((point.measurement, *point.tags.items()))
+    except TypeError:
+        series = None
+    return series if series is not None else _series(point)
 
 
 def encode_lines(points: Iterable[Point]) -> bytes:
@@ -155,11 +230,32 @@ def encode_lines(points: Iterable[Point]) -> bytes:
         >>> encode_lines([Point("m", {}, {"v": 1}, 1), Point("m", {}, {"v": 0.5}, 2)])
         b'm v=1i 1\\nm v=0.5 2'
     """
-    return "\n".join(encode_line(p) for p in points).encode()
+    return "\n".join([encode_line(p) for p in points]).encode()
 
 
 def _tags(record: Mapping[str, Any], keys: Iterable[str]) -> dict[str, str]:
-    return {k: str(record[k]) for k in keys if record.get(k) not in (None, "")}
+    get = record.get
+    return {k: str(v) for k in keys if (v := get(k)) not in (None, "")}
+
+
+def _window_tags(agg: Mapping[str, Any], keys: Iterable[str]) -> dict[str, str]:
+    """``keys`` of the record (``window_size_ms`` last, from ``size_ms``), empty ones omitted."""
+    tags = _tags(agg, keys)
+    size = agg["size_ms"]
+    if size not in (None, ""):
+        tags["window_size_ms"] = str(size)
+    return tags
+
+
+def _window_fields(agg: Mapping[str, Any], fields: dict[str, FieldValue]) -> dict[str, FieldValue]:
+    """Add the float fields (``AGG_FLOAT_FIELDS``, then the optional ones present) to ``fields``."""
+    for k in AGG_FLOAT_FIELDS:
+        fields[k] = float(agg[k])
+    get = agg.get
+    for k in AGG_OPTIONAL_FLOAT_FIELDS:
+        if (v := get(k)) is not None:
+            fields[k] = float(v)
+    return fields
 
 
 def aggregate_point(agg: Mapping[str, Any]) -> Point:
@@ -173,25 +269,17 @@ def aggregate_point(agg: Mapping[str, Any]) -> Point:
         'window_agg,kind=iot,metric=t,sensor_id=s1,unit=C,window=tumbling,window_size_ms=60000 \
 count=2i,sum=3.0,mean=1.5,min=1.0,max=2.0,std=0.5,first=1.0,last=2.0 0'
     """
-    tags = _tags({**agg, "window_size_ms": agg["size_ms"]}, AGG_TAGS)
-    fields: dict[str, FieldValue] = {"count": int(agg["count"])}
-    fields.update({k: float(agg[k]) for k in AGG_FLOAT_FIELDS})
-    for k in AGG_OPTIONAL_FLOAT_FIELDS:
-        if agg.get(k) is not None:
-            fields[k] = float(agg[k])
-    if agg.get("model_version") is not None:
-        fields["model_version"] = str(agg["model_version"])
+    tags = _window_tags(agg, _AGG_RECORD_TAGS)
+    fields = _window_fields(agg, {"count": int(agg["count"])})
+    if (version := agg.get("model_version")) is not None:
+        fields["model_version"] = str(version)
     return Point(AGG_MEASUREMENT, tags, fields, int(agg["start_ms"]))
 
 
 def zone_point(agg: Mapping[str, Any]) -> Point:
     """Build the ``zone_agg`` point of one zone roll-up (all sensors of a zone, one window)."""
-    tags = _tags({**agg, "window_size_ms": agg["size_ms"]}, ZONE_TAGS)
-    fields: dict[str, FieldValue] = {"count": int(agg["count"]), "sensors": int(agg["sensors"])}
-    fields.update({k: float(agg[k]) for k in AGG_FLOAT_FIELDS})
-    for k in AGG_OPTIONAL_FLOAT_FIELDS:
-        if agg.get(k) is not None:
-            fields[k] = float(agg[k])
+    tags = _window_tags(agg, _ZONE_RECORD_TAGS)
+    fields = _window_fields(agg, {"count": int(agg["count"]), "sensors": int(agg["sensors"])})
     return Point(ZONE_MEASUREMENT, tags, fields, int(agg["start_ms"]))
 
 
