@@ -27,6 +27,7 @@ from itertools import chain
 from typing import Any, Final, Literal
 
 import numpy as np
+import orjson
 
 from streams import sketch
 from streams.keyed import SessionStore, SlidingStore
@@ -149,6 +150,8 @@ class SensorMeta:
     slots: dict[str, int] = field(default_factory=dict)  # metric -> slot
     units: dict[str, str] = field(default_factory=dict)
     shapes: dict[Shape, tuple[int, ...]] = field(default_factory=dict)  # a reading's metrics -> their slots
+    #: The encoded start of the sensor's table document, up to ``"o":`` (empty: not built yet).
+    head: bytes = b""
 
 
 def _store(w: WindowDef, spec: WindowSpec) -> Any:
@@ -173,6 +176,7 @@ class PartitionWindows:
         self._slot_rank: list[int] = []  # slot -> position among its sensor's slots ("u" order)
         self._slot_cols: tuple[int, np.ndarray, np.ndarray] = (0, np.empty(0, np.int64), np.empty(0, np.int64))
         self.stores: list[Any] = [_store(w, spec) for w in spec.windows]
+        self._all_panes = all(isinstance(store, PaneStore) for store in self.stores)
         for store in self.stores:
             if isinstance(store, PaneStore):
                 store.track_early = spec.early_updates
@@ -216,6 +220,7 @@ class PartitionWindows:
             self.slot_metric.append(metric)
             self._slot_owner.append(meta.idx)
             meta.units[metric] = unit
+            meta.head = b""
         return slot
 
     # -- input ------------------------------------------------------------------------------
@@ -575,26 +580,44 @@ class PartitionWindows:
                 slot = meta.slots[names[int(h["m"])]]
                 _put_cell(self.stores[int(h["si"])], slot, int(h["pid"]), h["acc"], int(h["off"]), counts)
 
-    def take_dirty(self) -> dict[str, dict[str, Any]]:
-        """State of the sensors changed since the last call, in the order they were first seen."""
+    def take_dirty(self, *, encoded: bool = False) -> dict[str, Any]:
+        """State of the sensors changed since the last call, in the order they were first seen.
+
+        With ``encoded``, each document may come already encoded (see :meth:`sensor_states`).
+        """
         sensors = self.sensors
         idx = np.fromiter((sensors[sid].idx for sid in self.dirty), dtype=np.int64, count=len(self.dirty))
         dirty = list(self.dirty)
         self.dirty.clear()
         # first-seen order: deterministic, and the order of the slots (no re-sort when packing)
-        return self.sensor_states([dirty[i] for i in np.argsort(idx).tolist()])
+        return self.sensor_states([dirty[i] for i in np.argsort(idx).tolist()], encoded=encoded)
 
-    def sensor_states(self, sensor_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    def sensor_states(self, sensor_ids: Sequence[str], *, encoded: bool = False) -> dict[str, Any]:
         """Table documents of many sensors: their open pane cells packed into ``"b"`` (see ``_CELL``).
 
         :meth:`restore` of a document gives the same state as :meth:`restore` of :meth:`sensor_state`
         (the readable form). A worker writes the state of every sensor a micro-batch touched, so the
         cells of all of them are gathered and packed with numpy, then cut per sensor.
+
+        With ``encoded`` (and only tumbling/hopping windows), a document is an ``orjson.Fragment`` of
+        the bytes ``orjson.dumps`` gives for the dict: the table's JSON serializer (orjson) writes it
+        as is, and a worker writes one document per reading. Its constant start (partition, kind,
+        zone, units) is encoded once per sensor; no dict is built (nor traversed by the cyclic GC:
+        a Fragment is not tracked). :func:`decoded` turns it back into the dict.
         """
         metas = [self.sensors[sid] for sid in sensor_ids]
-        blobs, width = self._pack_cells(metas)
         closed = tuple(getattr(store, "closed_end", 0) for store in self.stores)
         p = self.partition
+        if encoded and _FRAGMENT is not None and self._all_panes:
+            blobs_b, width = self._pack_cells(metas, raw=True)
+            mid = b',"c":' + orjson.dumps(closed) + b',"b":"'
+            end = b'"}' if width == 2 else b'","bw":%d}' % width
+            frag = _FRAGMENT
+            return {
+                sid: frag(b"%b%d%b%b%b" % (meta.head or self._head(meta), meta.offset, mid, blob, end))
+                for sid, meta, blob in zip(sensor_ids, metas, blobs_b, strict=True)
+            }
+        blobs, width = self._pack_cells(metas)
         out = {
             sid: {"p": p, "k": meta.kind, "z": meta.zone, "u": meta.units, "o": meta.offset, "c": closed, "b": blob}
             for sid, meta, blob in zip(sensor_ids, metas, blobs, strict=True)
@@ -613,8 +636,16 @@ class PartitionWindows:
                         ks.append([si, metric, doc])
         return out
 
-    def _pack_cells(self, metas: list[SensorMeta]) -> tuple[list[str], int]:
-        """The open pane cells of ``metas`` as one base64 string per sensor, and the counter width."""
+    def _head(self, meta: SensorMeta) -> bytes:
+        """``meta.head``: the encoded document up to its offset (the keys before ``"o"`` never change
+        while the sensor's metrics stay the same; a new metric resets it)."""
+        doc = orjson.dumps({"p": self.partition, "k": meta.kind, "z": meta.zone, "u": meta.units})
+        meta.head = doc[:-1] + b',"o":'
+        return meta.head
+
+    def _pack_cells(self, metas: list[SensorMeta], *, raw: bool = False) -> tuple[list[Any], int]:
+        """The open pane cells of ``metas`` as one base64 string per sensor (bytes with ``raw``), and
+        the counter width."""
         n_slots = len(self.slot_sensor)
         if self._slot_cols[0] != n_slots:
             owner = np.asarray(self._slot_owner, dtype=np.int64)
@@ -643,7 +674,7 @@ class PartitionWindows:
             rec["n"] = sketch.K - (counts != 0).argmax(axis=1)  # all K when none is set (never: count >= 1)
             parts.append((pos[owner[c]], rec))
         if not parts:
-            return [""] * len(metas), width
+            return [b"" if raw else ""] * len(metas), width
         spos = np.concatenate([x[0] for x in parts]) if len(parts) > 1 else parts[0][0]
         rec = np.concatenate([x[1] for x in parts]) if len(parts) > 1 else parts[0][1]
         if len(parts) > 1 or (len(spos) > 1 and (spos[1:] < spos[:-1]).any()):
@@ -659,7 +690,9 @@ class PartitionWindows:
         full = np.zeros((len(rec), size + 2), dtype=np.uint8)
         full[:, :size] = rec.view(np.uint8).reshape(len(rec), size)
         keep = _keep_masks(width)[n * 3 + np.where(last, pad[spos], 0)]
-        text = binascii.b2a_base64(full[keep].tobytes(), newline=False).decode("ascii")
+        text = binascii.b2a_base64(full[keep].tobytes(), newline=False)
+        if not raw:
+            text = text.decode("ascii")
         ends = (np.cumsum(per_sensor + pad) // 3 * 4).tolist()
         return [text[lo:hi] for lo, hi in zip([0, *ends[:-1]], ends, strict=True)], width
 
@@ -676,6 +709,16 @@ _CELL_I8: Final = np.dtype([*_FIELDS, ("sk", "<i8", (sketch.K,))])
 
 
 _KEEP: dict[int, np.ndarray] = {}
+#: ``orjson.Fragment`` (orjson >= 3.10), else None: documents stay dicts.
+_FRAGMENT: Final[Any] = getattr(orjson, "Fragment", None)
+
+
+def decoded(doc: Any) -> Any:
+    """A table document as a dict (or other JSON value): ``doc`` itself unless it is an encoded
+    ``orjson.Fragment`` (see :meth:`PartitionWindows.sensor_states`)."""
+    if _FRAGMENT is not None and type(doc) is _FRAGMENT:
+        return orjson.loads(orjson.dumps(doc))
+    return doc
 
 
 def _keep_masks(width: int) -> np.ndarray:
@@ -702,4 +745,4 @@ def _put_cell(store: PaneStore, slot: int, pane: int, acc: Any, off: int, counts
     store.sk[slot, r] = counts
 
 
-__all__ = ["DUPLICATE", "Late", "PartitionWindows", "WindowDef", "WindowSpec", "parse_ms", "sketch"]
+__all__ = ["DUPLICATE", "Late", "PartitionWindows", "WindowDef", "WindowSpec", "decoded", "parse_ms", "sketch"]

@@ -15,7 +15,7 @@ from typing import Any
 
 from alerting.rules import ThresholdRule, alert_id, evaluate
 from streams.deadletter import DeadLetter, dead_letter
-from streams.engine import DUPLICATE, NO_WATERMARK, Late, PartitionWindows, WindowSpec
+from streams.engine import DUPLICATE, NO_WATERMARK, Late, PartitionWindows, WindowSpec, decoded
 from streams.errors import InvalidReading
 from streams.schema import MAX_PAYLOAD_BYTES, ReadingRows, parse_batch
 
@@ -44,7 +44,9 @@ class Output:
     alerts: list[dict[str, Any]] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     late: list[tuple[Record, Late]] = field(default_factory=list)
-    #: Table writes: ``(partition, key, value)``.
+    #: Table writes: ``(partition, key, value)``; a value is a JSON document, a sensor's possibly
+    #: already encoded (an ``orjson.Fragment``: the table's orjson serializer writes it as is, and
+    #: :func:`streams.engine.decoded` gives the dict).
     state: list[tuple[int, str, Any]] = field(default_factory=list)
     #: Zone partials and watermark markers for the zone roll-up stage.
     zone_msgs: list[dict[str, Any]] = field(default_factory=list)
@@ -102,7 +104,8 @@ class Pipeline:
         if pw is None:
             pw = self.partitions[partition] = PartitionWindows(self.spec, partition)
             wm_key = WATERMARK_KEY.format(partition=partition)
-            for key, value in table:
+            for key, item in table:
+                value = decoded(item)  # this worker's own writes may still be encoded
                 if not isinstance(value, dict) or value.get("p") != partition:
                     continue
                 if key == wm_key:
@@ -317,6 +320,6 @@ class Pipeline:
                     out.alerts.extend(alerts)
                     self.counters.alerts += len(alerts)
         p = pw.partition
-        docs = pw.take_dirty()
+        docs = pw.take_dirty(encoded=True)
         out.state.extend(zip(repeat(p), docs, docs.values()))
         out.state.append((p, WATERMARK_KEY.format(partition=p), {"p": p, "max_ts_ms": pw.max_ts_ms}))

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from simulators import build_city, generate, malformed_corpus
 from streams import schema
-from streams.engine import PartitionWindows, WindowDef, WindowSpec
+from streams.engine import PartitionWindows, WindowDef, WindowSpec, decoded
 from streams.errors import InvalidReading
 from streams.panes import FREE, PaneStore
 from streams.schema import MAX_PAYLOAD_BYTES, _parse_full, encode_reading, format_ts, parse_batch, parse_reading
@@ -226,8 +226,12 @@ def test_packed_state_restores_like_the_readable_form(extra: tuple[WindowDef, ..
         pw.close_ready()
         sids = sorted(pw.dirty, key=lambda sid: pw.sensors[sid].idx)
         readable = {sid: pw.sensor_state(sid) for sid in sids}
+        encoded = pw.sensor_states(sids, encoded=True)
         packed = pw.take_dirty()
         assert list(packed) == sids and not pw.dirty
+        # the encoded documents are the bytes of the dicts (what the table's serializer writes)
+        assert [orjson.dumps(v) for v in encoded.values()] == [orjson.dumps(v) for v in packed.values()]
+        assert all(decoded(v) == orjson.loads(orjson.dumps(packed[k])) for k, v in encoded.items())
         table.update(packed)
         # the dirty sensors' documents alone restore them exactly
         assert cells(restored(spec, packed)) == cells(restored(spec, readable))
@@ -249,7 +253,24 @@ def test_packed_state_with_widened_sketch_counters() -> None:
     pw.add_columns(np.full(n, slot[0], dtype=np.int64), ts, np.full(n, 5.0))
     pw.add_columns(np.full(3, slot[1], dtype=np.int64), ts[:3], np.array([1.0, 2.0, -3.0]))
     pw.dirty.add("s")
+    encoded = pw.sensor_states(["s"], encoded=True)
     docs = pw.take_dirty()
     assert docs["s"]["bw"] == 8
+    assert orjson.dumps(encoded["s"]) == orjson.dumps(docs["s"])
     assert cells(restored(spec, docs, 0)) == cells(restored(spec, {"s": pw.sensor_state("s")}, 0))
     assert max(cells(restored(spec, docs, 0))[("s", "power_kw", 0, 0)][2]) == n
+
+
+def test_encoded_document_follows_a_new_metric() -> None:
+    """The encoded start of a document (partition, kind, zone, units) is rebuilt when a metric is added."""
+    pw = PartitionWindows(WindowSpec(60_000, 0, 0, 30_000), 2)
+    ts = np.array([1_000], dtype=np.int64)
+    first = pw.register("s", "iot", "futian", {"power_kw": "kW"})
+    pw.add_columns(np.array(first), ts, np.array([1.5]))
+    before = decoded(pw.sensor_states(["s"], encoded=True)["s"])
+    second = pw.register("s", "iot", "futian", {"power_kw": "kW", "load": "%"})
+    pw.add_columns(np.array(second[1:]), ts, np.array([7.0]))
+    after = pw.sensor_states(["s"], encoded=True)["s"]
+    assert before["u"] == {"power_kw": "kW"} and before["p"] == 2
+    assert orjson.dumps(after) == orjson.dumps(pw.sensor_states(["s"])["s"])
+    assert decoded(after)["u"] == {"power_kw": "kW", "load": "%"}
