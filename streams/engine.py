@@ -302,7 +302,7 @@ class PartitionWindows:
         total = int(lens.sum())
         if total:
             slot_a = np.fromiter(chain.from_iterable(chunks), dtype=np.int64, count=total)
-            val_a = np.fromiter(chain.from_iterable(rows.values), dtype=np.float64, count=total)
+            val_a = np.fromiter(rows.values, dtype=np.float64, count=total)
             row_a = np.repeat(np.arange(n), lens)
             for si, okk in enumerate(per_store_ok):
                 store = self.stores[si]

@@ -21,6 +21,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import accumulate, chain
 from typing import Any, Final, Literal, get_args
 
 import orjson
@@ -369,19 +370,21 @@ class Shape:
 class ReadingRows:
     """Valid readings of a micro-batch as columns (what :func:`parse_batch` returns).
 
-    Row ``k`` is input message ``index[k]``; ``ident[k]`` is ``(sensor_id, kind, zone, lat, lon)`` and
-    ``values[k]`` holds the metric values in ``shape[k].names`` order. Tuples, shapes and strings are
-    shared between the readings of a sensor, so a row costs a few list slots, not a :class:`Reading`.
+    Row ``k`` is input message ``index[k]``; ``ident[k]`` is ``(sensor_id, kind, zone, lat, lon)``.
+    ``values`` holds the metric values of all rows, one after the other, each row's in
+    ``shape[k].names`` order (:meth:`row_values`). Tuples, shapes and strings are shared between the
+    readings of a sensor, so a row costs a few list slots, not a :class:`Reading` (nor a list).
     """
 
     index: list[int] = field(default_factory=list)
     ident: list[tuple[str, str, str, float, float]] = field(default_factory=list)
     ts_ms: list[int] = field(default_factory=list)
     shape: list[Shape] = field(default_factory=list)
-    values: list[list[float]] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
     quality: list[tuple[str, ...]] = field(default_factory=list)
     #: When built from :class:`Reading` objects, those objects (returned by :meth:`reading`).
     readings: list[Reading] | None = None
+    _starts: list[int] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.ts_ms)
@@ -393,7 +396,7 @@ class ReadingRows:
         self.ts_ms.append(r.ts_ms)
         names = tuple(r.metrics)
         self.shape.append(_shape_of(names, tuple([r.units.get(m, "") for m in names])))
-        self.values.append(list(r.metrics.values()))
+        self.values.extend(r.metrics.values())
         self.quality.append(r.quality)
 
     @classmethod
@@ -404,6 +407,13 @@ class ReadingRows:
             rows.append(i, r)
         return rows
 
+    def row_values(self, k: int) -> list[float]:
+        """The metric values of row ``k``."""
+        starts = self._starts
+        if starts is None or len(starts) != len(self.shape) + 1:
+            starts = self._starts = [0, *accumulate(len(s.names) for s in self.shape)]
+        return self.values[starts[k] : starts[k + 1]]
+
     def reading(self, k: int) -> Reading:
         """Row ``k`` as a :class:`Reading` (equal to what :func:`parse_reading` returns for its bytes)."""
         if self.readings is not None:
@@ -411,7 +421,7 @@ class ReadingRows:
         sid, kind, zone, lat, lon = self.ident[k]
         shape = self.shape[k]
         return Reading(
-            sid, kind, zone, lat, lon, self.ts_ms[k], dict(zip(shape.names, self.values[k], strict=True)),
+            sid, kind, zone, lat, lon, self.ts_ms[k], dict(zip(shape.names, self.row_values(k), strict=True)),
             dict(zip(shape.names, shape.units, strict=True)), self.quality[k],
         )
 
@@ -419,7 +429,7 @@ class ReadingRows:
         """The rows ``ks``, in that order."""
         return ReadingRows(
             [self.index[k] for k in ks], list(map(self.ident.__getitem__, ks)), list(map(self.ts_ms.__getitem__, ks)),
-            list(map(self.shape.__getitem__, ks)), list(map(self.values.__getitem__, ks)),
+            list(map(self.shape.__getitem__, ks)), list(chain.from_iterable(map(self.row_values, ks))),
             list(map(self.quality.__getitem__, ks)), self.readings,
         )
 
@@ -567,11 +577,12 @@ def parse_batch(  # noqa: C901, PLR0912 - one loop, kept flat: it runs once per 
     >>> rows, errors = parse_batch([b"{", encode_reading(sensor_id="s1", kind="iot", zone="futian", lat=22.5,
     ...     lon=114.0, ts_ms=1_700_000_000_000, metrics={"power_kw": (3.5, "kW")})], now_ms=1_700_000_000_000)
     >>> (rows.index, rows.ident[0][0], rows.values, [(i, e.reason) for i, e in errors])
-    ([1], 's1', [[3.5]], [(0, 'bad_json')])
+    ([1], 's1', [3.5], [(0, 'bad_json')])
     """
     rows = ReadingRows()
+    values: list[Any] = rows.values  # the value texts (and the slow path's floats) until the end
     add_index, add_ident, add_ts, add_shape, add_values, add_quality = (
-        rows.index.append, rows.ident.append, rows.ts_ms.append, rows.shape.append, rows.values.append,
+        rows.index.append, rows.ident.append, rows.ts_ms.append, rows.shape.append, values.extend,
         rows.quality.append,
     )
     errors: list[tuple[int, InvalidReading]] = []
@@ -604,7 +615,7 @@ def parse_batch(  # noqa: C901, PLR0912 - one loop, kept flat: it runs once per 
                             add_ident(sensor[0])
                             add_ts(ts_ms)
                             add_shape(sensor[1])
-                            add_values(list(map(float, g[2:-1])))
+                            add_values(g[2:-1])
                             add_quality(q)
                             continue
         try:
@@ -613,6 +624,7 @@ def parse_batch(  # noqa: C901, PLR0912 - one loop, kept flat: it runs once per 
             errors.append((i, _detached(err)))
             continue
         rows.append(i, reading)
+    rows.values = list(map(float, values))  # one pass (a float stays the same float)
     return rows, errors
 
 

@@ -274,3 +274,14 @@ def test_encoded_document_follows_a_new_metric() -> None:
     assert before["u"] == {"power_kw": "kW"} and before["p"] == 2
     assert orjson.dumps(after) == orjson.dumps(pw.sensor_states(["s"])["s"])
     assert decoded(after)["u"] == {"power_kw": "kW", "load": "%"}
+
+
+def test_rows_take_keeps_each_rows_values() -> None:
+    raws = city_payloads(12, 2)
+    raws[3] = raws[3].replace(b'"metrics":{', b'"metrics": {')  # a slow-path row between fast ones
+    rows, errors = parse_batch(raws, now_ms=NOW)
+    assert not errors and len(rows) == len(raws)
+    ks = [5, 3, 0, len(rows) - 1]
+    part = rows.take(ks)
+    assert [part.reading(j) for j in range(len(ks))] == [rows.reading(k) for k in ks]
+    assert [parse_reading(raws[i], now_ms=NOW) for i in part.index] == [rows.reading(k) for k in ks]
