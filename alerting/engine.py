@@ -14,6 +14,15 @@ Time is injected: :meth:`AlertEngine.process` and :meth:`AlertEngine.tick` take 
 escalation, rate-limit summaries) use the *event clock*: the newest window end seen, advanced by
 the host clock while no data arrives (so a replay does not look silent, and a stopped feed does).
 
+Zone rules (k of n sensors in alarm within T) are decided in event time. A zone's aggregates
+come from several source partitions (the windows stage's), which a host consuming a backlog or
+a fast replay reads at different speeds, so member alarms reach a zone out of event-time order:
+counting them as they arrive stamps an incident with whichever member ran ahead, and judges
+``within`` against it. So member alarms are held per zone and applied in event-time order once
+every source partition feeding the zone has delivered a window ending at or after theirs, as an
+event-time operator holds a window until the watermarks of all its inputs pass it. A source that
+delivered nothing for ``zone_hold`` (host time) is not waited for.
+
 State is JSON-safe (:meth:`Track.to_doc`) so the host can keep it in a changelogged table
 (:meth:`AlertEngine.take_state`, :meth:`AlertEngine.restore`).
 
@@ -76,12 +85,16 @@ class Track:
     folded: bool = False
     escalate_at_ms: int | None = None
     last_seen_ms: int = -1
-    #: silence tracks: the source (windows-stage) partition the sensor's aggregates come from
+    #: silence and zone-member tracks: the source (windows-stage) partition of the sensor's aggregates
     src: int = -1
     series: deque[list[float]] = field(default_factory=lambda: deque(maxlen=30))
     #: zone incidents: sensor id -> [last alarm end_ms, active 0/1, first_ts_ms, start_ms, value]
     members: dict[str, list[float]] = field(default_factory=dict)
     seen: set[str] = field(default_factory=set)
+    #: zone incidents: the source partitions of the members, and member alarms not yet applied
+    #: ``[end_ms, sensor id, active 0/1, value, start_ms, first_ts_ms]`` (held until those pass end_ms)
+    srcs: list[int] = field(default_factory=list)
+    held: list[list[Any]] = field(default_factory=list)
     suppressed: int = 0  # rate-limit summaries: alerts held back in this trip
 
     def to_doc(self) -> dict[str, Any]:
@@ -136,12 +149,16 @@ class AlertEngine:
         #: ordered stream, but the host consumes its partitions unevenly, so one source's windows
         #: reach the zones of one input partition later than those of another.
         self.src_ms: dict[tuple[int, int], int] = {}
+        #: (engine input partition, zone, source partition) -> [newest window end, host ms last seen]:
+        #: how far each source feeding a zone has got (the zone rules' event-time watermark).
+        self.zone_src: dict[tuple[int, str, int], list[int]] = {}
+        self._host_ms = 0
         self.event_wall_ms = 0
         self.counters = EngineCounters()
         self._dirty: set[str] = set()
         self._deleted: dict[str, int] = {}
         self._out: list[dict[str, Any]] = []
-        self._zone_dirty: dict[str, tuple[ZoneRule, int]] = {}
+        self._held: set[str] = set()  # zone tracks with member alarms held
         self._summary_dirty: set[str] = set()
         self._rate: dict[str, deque[int]] = {}
         self._last_silence_check = -(2**62)
@@ -188,6 +205,7 @@ class AlertEngine:
             if t.alert is not None and t.alert["state"] in ACTIVE_STATES | {"suppressed"}:
                 self._transition(t, "cleared", ts, message=f"rule {t.rule} removed; {t.alert['message']}")
             self.open.discard(key)
+            self._held.discard(key)
             if t.alert is not None:
                 self.by_alert.pop(t.alert["alert_id"], None)
             self._dirty.discard(key)
@@ -234,6 +252,8 @@ class AlertEngine:
                     self.open.add(key)
             if t.rule in self._silence_rules:
                 self._silence_keys.add(key)
+            if t.held:
+                self._held.add(key)
             latest = max(t.last_end_ms, t.last_seen_ms)
             if latest > 0:
                 self._advance(latest, now_ms)
@@ -250,6 +270,7 @@ class AlertEngine:
             self.open.discard(key)
             self._dirty.discard(key)
             self._silence_keys.discard(key)
+            self._held.discard(key)
             if t.alert is not None:
                 self.by_alert.pop(t.alert["alert_id"], None)
 
@@ -267,13 +288,21 @@ class AlertEngine:
         by_metric = self._by_metric
         silence = self._silence
         src_ms = self.src_ms
+        zone_src = self.zone_src
+        self._host_ms = now_ms
         for agg in aggregates:
             c.aggregates += 1
             end = agg["end_ms"]
             self._advance(end, now_ms)
             src = agg.get("src")
-            if src is not None and end > src_ms.get((partition, src), -1):
-                src_ms[(partition, src)] = end
+            if src is not None:
+                if end > src_ms.get((partition, src), -1):
+                    src_ms[(partition, src)] = end
+                zs = zone_src.get((partition, agg["zone"], src))
+                if zs is None:
+                    zone_src[(partition, agg["zone"], src)] = [end, now_ms]
+                else:
+                    zs[0], zs[1] = max(zs[0], end), now_ms
             kind, metric = agg["kind"], agg["metric"]
             for key in ((kind, metric), (None, metric), (kind, None), (None, None)):
                 rules = by_metric.get(key)
@@ -284,7 +313,7 @@ class AlertEngine:
             for rule in silence:
                 if rule.applies(agg):
                     self._seen(rule, agg, partition)
-        self._check_zones()
+        self._check_zones(now_ms)
         ts = self.clock(now_ms)
         if ts - self._last_silence_check >= 1000:
             self._check_silence(ts)
@@ -294,6 +323,7 @@ class AlertEngine:
     def tick(self, now_ms: int) -> list[dict[str, Any]]:
         """Timer: silence, escalation and rate-limit summaries on the event clock."""
         ts = self.clock(now_ms)
+        self._check_zones(now_ms)  # zones held for a source that has stopped delivering
         self._check_silence(ts)
         self._check_timers(ts)
         return self._flush()
@@ -323,6 +353,8 @@ class AlertEngine:
             t.cleared_ms = ts
             if t.subject_type == "zone":
                 t.members.clear()
+                t.held.clear()
+                self._held.discard(t.key)
             self._transition(t, "cleared", ts, acked_by=by or t.alert.get("acked_by"))
         return self._flush()
 
@@ -347,6 +379,8 @@ class AlertEngine:
             return v, crosses(rule.op, v, rule.raise_level), rule.raise_level
         if rtype == "baseline":
             return self._baseline(rule, t, agg)
+        if rtype == "spike":
+            return self._spike(rule, t, agg)
         if rtype == "anomaly":
             s = agg.get("score")
             if s is None:
@@ -399,6 +433,31 @@ class AlertEngine:
             b[1] = n + 1
         return dev, breach, rule.raise_level
 
+    @staticmethod
+    def _spike(rule: Rule, t: Track, agg: dict[str, Any]) -> tuple[float, bool, float] | None:
+        """Whether the previous window held a spike (see :class:`~alerting.rules.Rule`).
+
+        ``t.base`` is ``[average of the windows' min, windows learned, end_ms, the previous
+        window's field / average, its min / average]`` (-1: no previous window).
+        """
+        end = float(agg["end_ms"])
+        low = float(agg["min"])
+        b = t.base
+        if b is None or len(b) != 5 or end - b[2] > rule.baseline_ms:  # first window, or a long gap
+            t.base = [low, 1.0, end, -1.0, -1.0]
+            return None
+        avg, n, last, prev_hi, prev_lo = b
+        if end - last > float(agg.get("size_ms", 60_000)):  # a missing window: no previous one
+            prev_hi = prev_lo = -1.0
+        ref = max(avg, rule.baseline_floor, _EPS)
+        hi, lo = float(agg[rule.field]) / ref, low / ref
+        b[0] = avg + (1.0 - math.exp(-(end - last) / rule.baseline_ms)) * (low - avg)  # the min: spikes barely move it
+        b[1], b[2], b[3], b[4] = n + 1, end, hi, lo
+        if n < rule.warmup_windows or prev_hi < 0:
+            return None
+        calm = rule.clear_level
+        return prev_hi, prev_hi >= rule.raise_level and prev_lo <= calm and lo <= calm, rule.raise_level
+
     def _step(self, rule: Rule, agg: dict[str, Any], partition: int) -> None:
         t = self._track(rule.name, agg, partition)
         end = agg["end_ms"]
@@ -406,10 +465,17 @@ class AlertEngine:
             self.counters.duplicates += 1
             return
         self.counters.matched += 1
-        if t.last_end_ms < 0 and rule.name in self._zone_by_member:  # a new sensor: it counts in n
+        src = agg.get("src")
+        if rule.name in self._zone_by_member and (t.last_end_ms < 0 or (src is not None and src != t.src)):
+            # a new sensor counts in n; its source partition is one the zone waits for
+            if src is not None:
+                t.src = int(src)
             for zr in self._zone_by_member[rule.name]:
                 if zr.covers(t.zone):
-                    self._dirty.add(self._zone_track(zr, t).key)
+                    z = self._zone_track(zr, t)
+                    if src is not None and t.src not in z.srcs:
+                        z.srcs = sorted([*z.srcs, t.src])
+                    self._dirty.add(z.key)
         t.last_end_ms = end
         m = self._measure(rule, t, agg)
         if m is None:
@@ -510,6 +576,8 @@ class AlertEngine:
             "out_of_range": f"{agg['metric']} {value:.6g} {unit} outside the physical range "
             f"[{'' if rule.low is None else f'{rule.low:g}'}, {'' if rule.high is None else f'{rule.high:g}'}]",
             "jump": f"{agg['metric']} jumped by {value:.6g} {unit} (> {threshold:g}): sensor fault?",
+            "spike": f"{agg['metric']} {rule.field} was {value:.3g} x its baseline for one window only "
+            f"(>= {threshold:g}): sensor fault?",
         }[rule.type]
         return f"{who}: {what}".rstrip()
 
@@ -584,23 +652,23 @@ class AlertEngine:
             if not zr.covers(t.zone):
                 continue
             z = self._zone_track(zr, t)
-            sid = t.sensor_id or ""
             end = agg["end_ms"] if agg is not None else end_ms or t.last_end_ms
-            m = z.members.get(sid)
-            if active:
-                if m is None or m[1] == 0:
-                    m = z.members[sid] = [end, 1, first_ts_ms or end, start_ms or end, value]
-                m[0], m[1], m[4] = end, 1, value
-            elif m is not None:
-                m[1] = 0
-                m[0] = max(m[0], end)
+            z.held.append([int(end), t.sensor_id or "", int(active), value,
+                           -1 if start_ms is None else int(start_ms), -1 if first_ts_ms is None else int(first_ts_ms)])
+            self._held.add(z.key)
             self._dirty.add(z.key)
-            if active and zr.fold == "after_raise" and not (z.alert is not None and z.alert["state"] in ACTIVE_STATES):
-                self._eval_zone(zr, z)  # now, so this very sensor is already folded if it completes k
-            else:
-                self._zone_dirty[z.key] = (zr, end)
-            if zr.fold == "always" or (z.alert is not None and z.alert["state"] in ACTIVE_STATES):
+            if zr.fold == "always":
                 folded = True
+            elif active:
+                # Folded only while the zone incident is open at this alarm's window: a closed zone
+                # applies what the sources allow now (this sensor may complete k); an open one folds
+                # only if its state is known up to the window before (not if still held further back).
+                if not (z.alert is not None and z.alert["state"] in ACTIVE_STATES):
+                    self._release(zr, z, self._host_ms)
+                size = int(agg.get("size_ms", 60_000)) if agg is not None else 60_000
+                if (z.alert is not None and z.alert["state"] in ACTIVE_STATES
+                        and self._known(z, self._host_ms) >= end - size):
+                    folded = True
         return folded
 
     def _zone_track(self, zr: ZoneRule, member: Track) -> Track:
@@ -615,11 +683,56 @@ class AlertEngine:
             z.seen.add(member.sensor_id or "")
         return z
 
-    def _check_zones(self) -> None:
-        pending, self._zone_dirty = self._zone_dirty, {}
-        for key, (zr, _) in sorted(pending.items()):
+    def _check_zones(self, now_ms: int) -> None:
+        for key in sorted(self._held):
             z = self.tracks.get(key)
-            if z is not None:
+            zr = self._zone_rules.get(z.rule) if z is not None else None
+            if z is None or zr is None:
+                self._held.discard(key)
+                continue
+            self._release(zr, z, now_ms)
+
+    def _watermark(self, z: Track, now_ms: int) -> float:
+        """Event time every source feeding ``z`` has reached (sources silent for ``zone_hold`` aside)."""
+        wm = math.inf
+        hold = self.cfg.zone_hold_ms
+        for s in z.srcs:
+            seen = self.zone_src.get((z.p, z.zone, s))
+            if seen is not None and now_ms - seen[1] <= hold:
+                wm = min(wm, seen[0])
+        return wm
+
+    def _known(self, z: Track, now_ms: int) -> float:
+        """Event time up to which ``z``'s state is settled: its sources passed it, nothing older is held."""
+        wm = self._watermark(z, now_ms)
+        if z.held:
+            wm = min(wm, min(e[0] for e in z.held) - 1)
+        return wm
+
+    def _release(self, zr: ZoneRule, z: Track, now_ms: int) -> None:
+        """Apply the held member alarms up to the zone's watermark in event-time order, judging each end."""
+        if not z.held:
+            self._held.discard(z.key)
+            return
+        wm = self._watermark(z, now_ms)
+        ready = sorted((e for e in z.held if e[0] <= wm), key=lambda e: (e[0], e[1], -e[2]))
+        if not ready:
+            return
+        z.held = [e for e in z.held if e[0] > wm]
+        if not z.held:
+            self._held.discard(z.key)
+        self._dirty.add(z.key)
+        for i, (end, sid, active, value, start, first_ts) in enumerate(ready):
+            m = z.members.get(sid)
+            if active:
+                if m is None or m[1] == 0:
+                    m = z.members[sid] = [end, 1, first_ts if first_ts >= 0 else end, start if start >= 0 else end,
+                                          value]
+                m[0], m[1], m[4] = max(m[0], end), 1, value
+            elif m is not None:
+                m[1] = 0
+                m[0] = max(m[0], end)
+            if i + 1 == len(ready) or ready[i + 1][0] != end:
                 self._eval_zone(zr, z)
 
     def _eval_zone(self, zr: ZoneRule, z: Track) -> None:

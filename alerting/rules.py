@@ -2,9 +2,9 @@
 
 A rule file is TOML with up to four parts (see ``alerting/default_rules.toml``)::
 
-    [engine]          # cool-down, rate limits, default escalation, sparkline length
+    [engine]          # cool-down, rate limits, default escalation, sparkline length, zone hold
     [[rule]]          # per-sensor rules: threshold, baseline, rate_of_change, anomaly,
-                      # silence, stuck, out_of_range, jump
+                      # silence, stuck, out_of_range, jump, spike
     [[zone_rule]]     # k of n sensors of a zone in alarm within T -> one zone incident
     [[maintenance]]   # windows per sensor or zone that suppress (and record) alerts
 
@@ -36,7 +36,8 @@ Severity = Literal["info", "warning", "critical"]
 Category = Literal["incident", "maintenance", "summary"]
 Op = Literal[">", ">=", "<", "<="]
 RuleType = Literal[
-    "threshold", "baseline", "rate_of_change", "anomaly", "silence", "stuck", "out_of_range", "jump"
+    "threshold", "baseline", "rate_of_change", "anomaly", "silence", "stuck", "out_of_range", "jump",
+    "spike",
 ]
 #: ``baseline`` rules compare a window with the sensor's own recent normal: ``ratio`` (value / baseline)
 #: or ``delta`` (value - baseline, in the metric's unit).
@@ -48,7 +49,7 @@ KINDS: Final[frozenset[str]] = frozenset({"traffic", "environment", "crowd", "io
 _FIELDS: Final = frozenset(
     {"mean", "min", "max", "sum", "count", "std", "first", "last", "p50", "p95", "p99", "rate_per_s"}
 )
-MAINTENANCE_TYPES: Final = frozenset({"silence", "stuck", "out_of_range", "jump"})
+MAINTENANCE_TYPES: Final = frozenset({"silence", "stuck", "out_of_range", "jump", "spike"})
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,6 +156,13 @@ class Rule:
     clears, instead of holding the sensor (and any zone incident it is part of) open forever.
     ``baseline_floor`` bounds the ratio's denominator from
     below (a count of 3 people rising to 9 is not a crowd).
+
+    ``spike`` rules (a sensor fault) flag a window whose ``field`` (default ``max``) is at least
+    ``raise_level`` x the sensor's baseline (an exponential average of the windows' ``min``, which
+    one wild reading does not move) while the window's own ``min`` and the next window's stay
+    at or below ``clear_level`` x the baseline: some readings were wild, the level did not move.
+    A real jump (a crowd surge, traffic recovering after an accident) lifts the ``min`` too. The
+    alert is raised one window late and clears after ``clear_windows`` windows without a spike.
     """
 
     name: str
@@ -264,6 +272,10 @@ class EngineConfig:
     global_rate_limit: int = 100
     escalate_after_ms: int = 0
     evidence_values: int = 10
+    #: zone rules decide in event time: a zone's member alarms wait until every source partition
+    #: feeding the zone has passed their window, but a source that delivered nothing for this long
+    #: (host time) is not waited for (see :class:`alerting.engine.AlertEngine`)
+    zone_hold_ms: int = 180_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,7 +311,7 @@ _ZONE_KEYS: Final = {"name", "members", "k", "within", "clear_below", "severity"
 _MAINT_KEYS: Final = {"sensor_id", "zone", "start", "end", "rules", "reason"}
 _ENGINE_KEYS: Final = {
     "cooldown", "series_points", "rate_window", "zone_rate_limit", "global_rate_limit", "escalate_after",
-    "evidence_values",
+    "evidence_values", "zone_hold",
 }
 
 
@@ -512,7 +524,7 @@ def _engine(entry: Any, w: _Where) -> EngineConfig:
             raise err(key, f"unknown field; expected one of {sorted(_ENGINE_KEYS)}")
     kw: dict[str, int] = {}
     for key, attr in (("cooldown", "cooldown_ms"), ("rate_window", "rate_window_ms"),
-                      ("escalate_after", "escalate_after_ms")):
+                      ("escalate_after", "escalate_after_ms"), ("zone_hold", "zone_hold_ms")):
         if key in entry:
             try:
                 kw[attr] = parse_duration_ms(entry[key])
@@ -542,13 +554,13 @@ def _rule(entry: dict[str, Any], i: int, w: _Where) -> Rule:  # noqa: C901 - one
     metric = entry.get("metric")
     if rtype != "silence" and not isinstance(metric, str):
         raise w.error(t, i, name, "metric", f"missing or not a string (required for type {rtype!r})")
-    field_ = _choice(entry, "field", "mean", tuple(sorted(_FIELDS)), t, i, w)
+    field_ = _choice(entry, "field", "max" if rtype == "spike" else "mean", tuple(sorted(_FIELDS)), t, i, w)
     op = _choice(entry, "op", ">", get_args(Op), t, i, w)
     severity = _choice(entry, "severity", "warning", SEVERITIES, t, i, w)
     default_cat = "maintenance" if rtype in MAINTENANCE_TYPES else "incident"
     category = _choice(entry, "category", default_cat, ("incident", "maintenance"), t, i, w)
     kw: dict[str, Any] = {}
-    if rtype in ("threshold", "baseline", "rate_of_change", "anomaly"):
+    if rtype in ("threshold", "baseline", "rate_of_change", "anomaly", "spike"):
         key = "raise" if "raise" in entry else "level"
         if key not in entry:
             raise w.error(t, i, name, "raise", f"missing (required for type {rtype!r}; 'level' is an alias)")
@@ -583,8 +595,11 @@ def _rule(entry: dict[str, Any], i: int, w: _Where) -> Rule:  # noqa: C901 - one
     baseline_keys = sorted(
         k for k in ("mode", "baseline", "warmup_windows", "baseline_floor", "accept_after") if k in entry
     )
-    if rtype == "baseline":
+    if rtype in ("baseline", "spike"):
         kw["mode"] = _choice(entry, "mode", "ratio", get_args(BaselineMode), t, i, w)
+        if rtype == "spike" and (kw["mode"] != "ratio" or op not in (">", ">=")):
+            raise w.error(t, i, name, "mode" if kw["mode"] != "ratio" else "op",
+                          "type 'spike' judges an upward ratio to the baseline (mode 'ratio', op '>' or '>=')")
         base_ms = _dur(entry, "baseline", t, i, w)
         if base_ms is not None:
             if base_ms <= 0:
@@ -604,7 +619,7 @@ def _rule(entry: dict[str, Any], i: int, w: _Where) -> Rule:  # noqa: C901 - one
         if kw["mode"] == "ratio" and kw.get("raise_level", 0.0) <= 0:
             raise w.error(t, i, name, "raise", f"expected a positive ratio, got {kw.get('raise_level', 0.0):g}")
     elif baseline_keys:
-        raise w.error(t, i, name, baseline_keys[0], f"applies to type 'baseline' only, not {rtype!r}")
+        raise w.error(t, i, name, baseline_keys[0], f"applies to type 'baseline' only (and 'spike'), not {rtype!r}")
     for_windows = _int(entry, "stuck_windows" if rtype == "stuck" else "for_windows",
                        3 if rtype == "stuck" else 1, t, i, w)
     window = _choice(entry, "window", "tumbling", ("tumbling", "hopping"), t, i, w)

@@ -371,32 +371,43 @@ def offline_aggregates(
     return out, counters
 
 
-def offline_alerts(aggregates: Iterable[Mapping[str, Any]], rules: Any) -> list[dict[str, Any]]:
+def offline_alerts(
+    aggregates: Iterable[Mapping[str, Any]], rules: Any, *, source_lag_ms: Mapping[int, int] | None = None
+) -> list[dict[str, Any]]:
     """Alert records of ``rules`` (a :class:`~alerting.rules.RuleSet`) over closed aggregates.
 
     One :class:`~alerting.engine.AlertEngine` (as one worker owning every partition) gets the
     aggregates its rules look at, one window end at a time in event-time order; the host clock
     is the window end (the worker's advances as fast as a replay is consumed).
+
+    ``source_lag_ms`` (source partition -> lag) delivers each source partition's aggregates that
+    much later instead (host clock: window end + lag), as a worker reading a backlog or a fast
+    replay consumes its partitions at different speeds: the broker run's disorder, reproduced.
     """
     from alerting.engine import AlertEngine
 
     engine = AlertEngine(rules)
+    lag = dict(source_lag_ms or {})
+
+    def at(a: Mapping[str, Any]) -> int:
+        return int(a["end_ms"]) + lag.get(int(a.get("src", 0)), 0)
+
     wanted = sorted(
         (a for a in aggregates if engine.wants(a)),
-        key=lambda a: (int(a["end_ms"]), str(a["zone"]), str(a["sensor_id"]), str(a["metric"])),
+        key=lambda a: (at(a), str(a["zone"]), str(a["sensor_id"]), str(a["metric"])),
     )
     records: list[dict[str, Any]] = []
     group: list[dict[str, Any]] = []
-    end = None
+    now = None
     for agg in wanted:
-        if end is not None and agg["end_ms"] != end:
-            records += engine.process(group, end)
+        if now is not None and at(agg) != now:
+            records += engine.process(group, now)
             group = []
-        end = int(agg["end_ms"])
+        now = at(agg)
         group.append(dict(agg))
-    if end is not None:
-        records += engine.process(group, end)
-        records += engine.tick(end)
+    if now is not None:
+        records += engine.process(group, now)
+        records += engine.tick(now)
     return records
 
 
@@ -410,6 +421,7 @@ def evaluate_offline(
     models: bool = True,
     models_dir: str | Path | None = None,
     aggregates: Sequence[Mapping[str, Any]] | None = None,
+    source_lag_ms: Mapping[int, int] | None = None,
 ) -> dict[str, Any]:
     """Run ``scenario`` through the worker's cores in-process and score the alerts (no broker).
 
@@ -428,6 +440,7 @@ def evaluate_offline(
         models_dir: models folder (None: the shipped artifacts).
         aggregates: closed aggregates from an earlier :func:`offline_aggregates` of the same
             scenario and window (skips the readings stage; for trying rules quickly).
+        source_lag_ms: deliver source partitions this late (see :func:`offline_alerts`).
 
     Returns:
         :func:`score_alerts`'s report plus ``scenario``, ``mode`` (``"offline"``), the
@@ -455,12 +468,13 @@ def evaluate_offline(
         aggregates, counters = offline_aggregates(
             plan, window_ms=window_ms, allowed_lateness_ms=allowed_lateness_ms, partitions=partitions, scorer=scorer
         )
-    records = offline_alerts(aggregates, rules)
+    records = offline_alerts(aggregates, rules, source_lag_ms=source_lag_ms)
     report = score_alerts(plan.truth(), records, window_ms)
     report.update(
         {
             "scenario": plan.name,
             "mode": "offline",
+            "source_lag_ms": {str(k): v for k, v in sorted((source_lag_ms or {}).items())},
             "sensors": len(plan.city.sensors),
             **counters,
             "alert_records": len(records),
@@ -470,7 +484,9 @@ def evaluate_offline(
     return report
 
 
-def evaluate_offline_with(settings: Any, scenario: Any = "default") -> dict[str, Any]:
+def evaluate_offline_with(
+    settings: Any, scenario: Any = "default", source_lag_ms: Mapping[int, int] | None = None
+) -> dict[str, Any]:
     """:func:`evaluate_offline` with the worker's settings: rules file, window, lateness, partitions, models."""
     return evaluate_offline(
         scenario,
@@ -480,6 +496,7 @@ def evaluate_offline_with(settings: Any, scenario: Any = "default") -> dict[str,
         partitions=settings.kafka.partitions,
         models=settings.models.enabled,
         models_dir=settings.models.dir,
+        source_lag_ms=source_lag_ms,
     )
 
 
@@ -772,7 +789,7 @@ def _terminate(signum: int, frame: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m simulators.evaluate [--scenario NAME] [--json] [--out-dir DIR] [--offline]``."""
+    """``python -m simulators.evaluate [--scenario NAME] [--json] [--out-dir DIR] [--offline [--source-lag MS,..]]``."""
     import argparse
 
     from streams.settings import Settings
@@ -784,12 +801,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=1800.0)
     p.add_argument("--json", action="store_true")
     p.add_argument("--offline", action="store_true", help="in-process, no broker (see evaluate_offline)")
+    p.add_argument(
+        "--source-lag",
+        default="",
+        help="offline: comma-separated lag in ms of source partition 0, 1, ... (the broker run's disorder)",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     signal.signal(signal.SIGTERM, _terminate)
     settings = Settings()
     if args.offline:
-        report = evaluate_offline_with(settings, args.scenario)
+        lags = [int(x) for x in args.source_lag.split(",") if x.strip()]
+        report = evaluate_offline_with(settings, args.scenario, dict(enumerate(lags)) or None)
     else:
         report = run_evaluation(
             settings,
