@@ -24,6 +24,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain
+from operator import attrgetter
 from typing import Any, Final, Literal
 
 import numpy as np
@@ -585,12 +586,13 @@ class PartitionWindows:
 
         With ``encoded``, each document may come already encoded (see :meth:`sensor_states`).
         """
-        sensors = self.sensors
-        idx = np.fromiter((sensors[sid].idx for sid in self.dirty), dtype=np.int64, count=len(self.dirty))
         dirty = list(self.dirty)
         self.dirty.clear()
+        metas = list(map(self.sensors.__getitem__, dirty))
+        idx = np.fromiter(map(_IDX, metas), dtype=np.int64, count=len(metas))
         # first-seen order: deterministic, and the order of the slots (no re-sort when packing)
-        return self.sensor_states([dirty[i] for i in np.argsort(idx).tolist()], encoded=encoded)
+        order = np.argsort(idx).tolist()
+        return self._states([dirty[i] for i in order], [metas[i] for i in order], encoded=encoded)
 
     def sensor_states(self, sensor_ids: Sequence[str], *, encoded: bool = False) -> dict[str, Any]:
         """Table documents of many sensors: their open pane cells packed into ``"b"`` (see ``_CELL``).
@@ -605,7 +607,9 @@ class PartitionWindows:
         zone, units) is encoded once per sensor; no dict is built (nor traversed by the cyclic GC:
         a Fragment is not tracked). :func:`decoded` turns it back into the dict.
         """
-        metas = [self.sensors[sid] for sid in sensor_ids]
+        return self._states(sensor_ids, list(map(self.sensors.__getitem__, sensor_ids)), encoded=encoded)
+
+    def _states(self, sensor_ids: Sequence[str], metas: list[SensorMeta], *, encoded: bool) -> dict[str, Any]:
         closed = tuple(getattr(store, "closed_end", 0) for store in self.stores)
         p = self.partition
         if encoded and _FRAGMENT is not None and self._all_panes:
@@ -652,7 +656,7 @@ class PartitionWindows:
             self._slot_cols = (n_slots, owner, np.asarray(self._slot_rank, dtype=np.int64))
         _, owner, rank = self._slot_cols
         pos = np.full(len(self.sensors), -1, dtype=np.int64)
-        pos[np.fromiter((m.idx for m in metas), dtype=np.int64, count=len(metas))] = np.arange(len(metas))
+        pos[np.fromiter(map(_IDX, metas), dtype=np.int64, count=len(metas))] = np.arange(len(metas))
         sel = np.flatnonzero(pos[owner] >= 0)  # slot order: within a sensor, also "u" order
         panes = [(si, s) for si, s in enumerate(self.stores) if isinstance(s, PaneStore)]
         width = 2 if all(s.sk.dtype == np.uint16 for _, s in panes) else 8
@@ -709,6 +713,7 @@ _CELL_I8: Final = np.dtype([*_FIELDS, ("sk", "<i8", (sketch.K,))])
 
 
 _KEEP: dict[int, np.ndarray] = {}
+_IDX: Final = attrgetter("idx")
 #: ``orjson.Fragment`` (orjson >= 3.10), else None: documents stay dicts.
 _FRAGMENT: Final[Any] = getattr(orjson, "Fragment", None)
 
