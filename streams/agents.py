@@ -131,6 +131,7 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
     register_retention(app, settings)
     sink_stats = {"points_written": 0, "write_failures": 0, "buffer_full": 0}
     read_to: dict[int, int] = {}  # readings partition -> next offset after the last one read
+    pending_state: dict[str, tuple[int, Any]] = {}  # window-state key -> (partition, latest doc) to write
     buffered: list[BufferedSink] = []  # the timeseries agent's writer, for the flush timer and stats page
 
     async def emit(out: Output) -> None:
@@ -167,10 +168,29 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
                     await zone_partials.send(key=b"", value=body, partition=zp)
             else:
                 await zone_partials.send(key=msg["zone"].encode(), value=orjson.dumps(msg))
+        # State of sensors whose windows closed in this batch, and each watermark, goes to the
+        # changelog now: a crash must not re-close (and re-emit) what was emitted. The rest waits
+        # for the next offset commit (flush_state), latest document per sensor.
+        closed = {agg["sensor_id"] for agg in out.aggregates}
         data = table.data
         for partition, key, value in out.state:
             data[key] = value
+            if key in closed or key.startswith("__"):
+                pending_state.pop(key, None)
+                await persist(table, partition, key, value)
+            else:
+                pending_state[key] = (partition, value)
+
+    async def flush_state() -> None:
+        """Write the pending window state (before each offset commit, and on revocation)."""
+        if not pending_state:
+            return
+        items = list(pending_state.items())
+        pending_state.clear()
+        for key, (partition, value) in items:
             await persist(table, partition, key, value)
+
+    app.urbansense_before_commit = flush_state  # type: ignore[attr-defined]  # see streams.app
 
     @app.agent(readings, name="urbansense.windows")
     async def windows(stream: faust.StreamT) -> AsyncIterator[None]:
@@ -329,6 +349,9 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
 
     @app.on_partitions_revoked.connect
     async def _revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        # before the new owners restore from the changelog (the rebalance waits for this)
+        await flush_state()
+        await app.producer.flush()
         pipeline.forget()
         rollups.clear()
 

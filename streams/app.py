@@ -86,6 +86,31 @@ async def persist(table: Any, partition: int, key: Any, value: Any, **serializer
     )
 
 
+def flush_before_commit() -> None:
+    """Make Faust await ``app.urbansense_before_commit()`` before it commits offsets.
+
+    Faust's consumer picks the offsets to commit (those of acknowledged events), then flushes the
+    producer and commits. The hook runs between the two: everything an acknowledged event changed
+    is in the worker's pending state by then, and the hook writes it to the changelog, so a
+    committed offset is never ahead of the state on the changelog. Installed once per process
+    (a class-level wrap, as :func:`verify_end_offsets`); apps without the attribute are unaffected.
+    """
+    from faust.transport.consumer import Consumer
+
+    original = Consumer._commit_offsets  # noqa: SLF001
+    if getattr(original, "urbansense_hooked", False):
+        return
+
+    async def _commit_offsets(self: Any, offsets: Any, start_new_transaction: bool = True) -> bool:
+        hook = getattr(self.app, "urbansense_before_commit", None)
+        if hook is not None:
+            await hook()
+        return await original(self, offsets, start_new_transaction=start_new_transaction)
+
+    _commit_offsets.urbansense_hooked = True  # type: ignore[attr-defined]
+    Consumer._commit_offsets = _commit_offsets  # type: ignore[method-assign]  # noqa: SLF001
+
+
 def create_app(settings: Settings, **overrides: Any) -> faust.App:
     """A configured Faust app with the UrbanSense agents, tables and web views attached."""
     from streams.agents import attach  # agents need the app; keep the import local
@@ -109,8 +134,10 @@ def create_app(settings: Settings, **overrides: Any) -> faust.App:
         "autodiscover": False,
         "broker_session_timeout": k.session_timeout_ms / 1000.0,
         "broker_heartbeat_interval": min(3.0, k.session_timeout_ms / 4000.0),
-        "broker_commit_every": 1000,
-        "broker_commit_interval": 1.0,
+        # offsets (and the window state before them) are committed on time; the count-based commit
+        # is a backstop only (each stalls the fetch loop, and frequent ones defeat state coalescing)
+        "broker_commit_every": 100_000,
+        "broker_commit_interval": k.commit_interval_s,
         "stream_buffer_maxsize": 8192,
         "table_standby_replicas": 0,
     }
@@ -122,6 +149,7 @@ def create_app(settings: Settings, **overrides: Any) -> faust.App:
         from connectors.kafka import client_config
 
         verify_end_offsets(client_config(k))
+    flush_before_commit()
     app = faust.App(settings.app_id, **conf)
     attach(app, settings)
     return app

@@ -79,6 +79,11 @@ class KafkaSettings(_Section):
     #: Check the broker's end offsets before restoring tables (works around Tansu 0.6.0, which
     #: under-reports them; harmless on Kafka).
     verify_end_offsets: bool = True
+    #: Seconds between offset commits of the worker. Window state is written to its changelog
+    #: just before each commit (latest document per sensor), so a sensor reporting several times
+    #: per interval costs one state record, not one per reading. A crash replays at most this
+    #: much input (recognised as duplicates).
+    commit_interval_s: float = Field(default=2.0, gt=0, le=60)
 
 
 class MqttSettings(_Section):

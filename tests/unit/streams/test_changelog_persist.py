@@ -5,8 +5,9 @@ buffer that ``send_changelog`` uses. That drain returns while a record is still 
 Kafka client (taken off the queue, not yet handed over) and gives up after 0.1 s without
 progress. A batch's offsets could so be committed before its state records left the process; a
 SIGKILL then lost them (found as one reading missing in the crash-recovery test, once in a few CI
-runs). This pins that upstream behaviour, and checks that ``persist`` hands the record straight to
-the changelog topic with the table's serializers and bookkeeping callback.
+runs). This pins that upstream behaviour, checks that ``persist`` hands the record straight to
+the changelog topic with the table's serializers and bookkeeping callback, and that Faust's offset
+commit awaits the worker's pending window state first (``streams.app.flush_before_commit``).
 """
 
 from __future__ import annotations
@@ -75,3 +76,35 @@ def test_persist_sends_to_the_changelog_with_the_tables_serializers() -> None:
         {"key": "zone|x", "value": None, "partition": 1, "key_serializer": "json", "value_serializer": "raw",
          "callback": on_sent},
     ]
+
+
+def test_commit_waits_for_the_before_commit_hook() -> None:
+    """Offsets are committed only after the worker's pending window state was written."""
+    from faust.transport.consumer import Consumer
+
+    from streams.app import flush_before_commit
+
+    calls: list[str] = []
+
+    async def fake_commit(self: Any, offsets: Any, start_new_transaction: bool = True) -> bool:
+        calls.append(f"commit {sorted(offsets.items())}")
+        return True
+
+    async def hook() -> None:
+        await asyncio.sleep(0.01)  # a real hook awaits sends
+        calls.append("state written")
+
+    saved = Consumer._commit_offsets
+    Consumer._commit_offsets = fake_commit  # type: ignore[method-assign]
+    try:
+        flush_before_commit()
+        with_hook = SimpleNamespace(app=SimpleNamespace(urbansense_before_commit=hook))
+        without = SimpleNamespace(app=SimpleNamespace())
+        assert asyncio.run(Consumer._commit_offsets(with_hook, {"tp": 7}))  # type: ignore[arg-type]
+        assert asyncio.run(Consumer._commit_offsets(without, {"tp": 8}))  # type: ignore[arg-type]
+        flush_before_commit()  # idempotent: wraps once
+        asyncio.run(Consumer._commit_offsets(with_hook, {"tp": 9}))  # type: ignore[arg-type]
+    finally:
+        Consumer._commit_offsets = saved  # type: ignore[method-assign]
+    assert calls == ["state written", "commit [('tp', 7)]", "commit [('tp', 8)]", "state written",
+                     "commit [('tp', 9)]"]
