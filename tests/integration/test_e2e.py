@@ -111,6 +111,7 @@ def test_mqtt_to_influx_equals_numpy_reference(
     finally:
         bridge.stop()
         worker.stop()
+    worker_log = worker.text()
 
     # The Prometheus page reports the same counters as the stats page (Prometheus text format).
     prom_values = {ln.split(" ")[0]: float(ln.split(" ")[1]) for ln in prom.splitlines() if ln and ln[0] != "#"}
@@ -130,7 +131,8 @@ def test_mqtt_to_influx_equals_numpy_reference(
 
     # Zone roll-ups: merged across partitions from partial states, equal to numpy over the zone's readings.
     zgot = {(r["zone"], r["kind"], r["metric"], r["time"]): r for r in zone_rows}
-    assert set(zgot) == set(zone_groups), s
+    zone_lines = [ln for ln in worker_log.splitlines() if "zone" in ln.lower() or "ERROR" in ln or "WARN" in ln]
+    assert set(zgot) == set(zone_groups), (s, zone_lines[-40:], worker_log[-3000:])
     for key, vals in zone_groups.items():
         arr, r = np.asarray(vals), zgot[key]
         assert r["count"] == len(arr) and r["min"] == arr.min() and r["max"] == arr.max(), key
