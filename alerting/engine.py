@@ -23,8 +23,13 @@ every source partition feeding the zone has delivered a window ending at or afte
 event-time operator holds a window until the watermarks of all its inputs pass it. A source that
 delivered nothing for ``zone_hold`` (host time) is not waited for.
 
+Drift rules compare each sensor with its zone peers (see :class:`~alerting.rules.Rule`), so a
+zone's windows are gathered per (rule, zone, window start) and judged in window order once the
+zone's sources have passed the window (or every known peer has reported it), as zone rules are.
+
 State is JSON-safe (:meth:`Track.to_doc`) so the host can keep it in a changelogged table
-(:meth:`AlertEngine.take_state`, :meth:`AlertEngine.restore`).
+(:meth:`AlertEngine.take_state`, :meth:`AlertEngine.restore`). The windows gathered for drift
+rules and not yet judged (a few per zone) are not: after a restart they are gathered anew.
 
 >>> from alerting.rules import Rule, RuleSet
 >>> eng = AlertEngine(RuleSet((Rule("hot", "threshold", "iot", "t", raise_level=10, clear_level=5),)))
@@ -38,20 +43,53 @@ State is JSON-safe (:meth:`Track.to_doc`) so the host can keep it in a changelog
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
+import zlib
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from alerting.rules import SEVERITIES, Rule, RuleSet, ZoneRule, alert_id, crosses
+from alerting.rules import (
+    DRIFT_MAX_STEP_SHARE,
+    DRIFT_MIN_LAST_RISE,
+    DRIFT_MIN_RISE,
+    KINDS,
+    SEVERITIES,
+    Rule,
+    RuleSet,
+    ZoneRule,
+    alert_id,
+    crosses,
+)
 
 logger = logging.getLogger(__name__)
 
 RATE_LIMIT_RULE: Final = "rate_limit"
 ACTIVE_STATES: Final = frozenset({"raised", "updated", "escalated", "acknowledged"})
 _EPS: Final = 1e-12
+#: drift rules: windows gathered per zone beyond this many are judged with the peers that came
+_DRIFT_MAX_PENDING: Final = 30
+#: drift rules: ``Track.base`` is ``[long-run log ratio, smoothed log ratio, windows learned, end_ms of the
+#: last window, log peer median (smoothed), log peer median (averaged over the judged span), end_ms
+#: the zone was last unsettled, in an incident or its peers changed, end_ms learning stopped (-1:
+#: learning), a checksum of the peers, end_ms of the last checkpoint, deviations at the last checkpoints...]``
+_D_REF, _D_FAST, _D_N, _D_LAST, _D_ZF, _D_ZS, _D_UNSETTLED, _D_FROZEN, _D_PEERS, _D_CP = range(10)
+
+
+@dataclass(slots=True)
+class _Gather:
+    """Windows of one (drift rule, zone) gathered until the zone's sources have passed them."""
+
+    p: int
+    members: set[str] = field(default_factory=set)
+    srcs: set[int] = field(default_factory=set)
+    #: window start -> sensor id -> aggregate
+    pending: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    newest_end: int = -1
+    judged_start: int = -1
 
 
 @dataclass(slots=True)
@@ -118,6 +156,32 @@ _DOC_FIELDS: Final = tuple(
 )
 
 
+def _median_without(ordered: list[float], v: float) -> float:
+    """Median of ``ordered`` (sorted, len >= 2) without one occurrence of ``v``: O(log n), not a sort per sensor.
+
+    >>> _median_without([1.0, 2.0, 3.0, 10.0], 2.0), _median_without([1.0, 2.0, 3.0], 3.0)
+    (3.0, 1.5)
+    """
+    k = bisect.bisect_left(ordered, v)
+    m = len(ordered) - 1
+
+    def at(j: int) -> float:
+        return ordered[j if j < k else j + 1]
+
+    return at(m // 2) if m % 2 else (at(m // 2 - 1) + at(m // 2)) / 2.0
+
+
+def _open_at(t: Track | None, end_ms: int) -> bool:
+    """Whether ``t``'s latest occurrence covered the window ending at ``end_ms`` (raised, not yet cleared).
+
+    Judged on the occurrence's event times, not on the track's state now: a track that has run a
+    few windows ahead (its source delivered sooner) answers as it would have at ``end_ms``.
+    """
+    if t is None or t.alert is None or int(t.alert["raised_ts_ms"]) > end_ms:
+        return False
+    return t.active or (t.cleared_ms is not None and t.cleared_ms >= end_ms)
+
+
 @dataclass(slots=True)
 class EngineCounters:
     """Running totals for the stats page."""
@@ -163,6 +227,8 @@ class AlertEngine:
         self._rate: dict[str, deque[int]] = {}
         self._last_silence_check = -(2**62)
         self._silence_keys: set[str] = set()
+        self._gather: dict[tuple[str, str], _Gather] = {}
+        self._gathered: set[tuple[str, str]] = set()  # gathers that got windows in this batch
         self._install(rules)
 
     # -- rules ----------------------------------------------------------------------------------
@@ -182,6 +248,19 @@ class AlertEngine:
             self._zone_by_member.setdefault(zr.members, []).append(zr)
         self._zone_rules = {zr.name: zr for zr in rules.zone_rules}
         self._rule_by_name = {r.name: r for r in rules.rules}
+        # drift rules hold while an incident rule of the kind is active on the sensor or its zone
+        self._incident_rules: dict[str, tuple[str, ...]] = {}
+        self._incident_zone_rules: dict[str, tuple[str, ...]] = {}
+        if any(r.type == "drift" for r in rules.rules):
+            for kind in KINDS | {r.kind for r in rules.rules if r.kind is not None}:
+                names = tuple(
+                    r.name for r in rules.rules
+                    if r.category == "incident" and r.type != "silence" and r.kind in (None, kind)
+                )
+                self._incident_rules[kind] = names
+                self._incident_zone_rules[kind] = tuple(zr.name for zr in rules.zone_rules if zr.members in names)
+        drift_names = {r.name for r in rules.rules if r.type == "drift"}
+        self._gather = {k: g for k, g in getattr(self, "_gather", {}).items() if k[0] in drift_names}
 
     def wants(self, agg: dict[str, Any]) -> bool:
         """Whether any rule looks at ``agg`` (lets the host skip routing the rest)."""
@@ -273,6 +352,7 @@ class AlertEngine:
             self._held.discard(key)
             if t.alert is not None:
                 self.by_alert.pop(t.alert["alert_id"], None)
+        self._gather = {k: g for k, g in self._gather.items() if keep is not None and g.p not in keep}
 
     def active_alerts(self) -> list[dict[str, Any]]:
         """The latest record of every published alert that is not cleared (for a board snapshot)."""
@@ -309,11 +389,16 @@ class AlertEngine:
                 if rules:
                     for rule in rules:
                         if rule.applies(agg):
-                            self._step(rule, agg, partition)
+                            if rule.type == "drift":
+                                self._collect(rule, agg, partition)
+                            else:
+                                self._step(rule, agg, partition)
             for rule in silence:
                 if rule.applies(agg):
                     self._seen(rule, agg, partition)
         self._check_zones(now_ms)
+        if self._gathered:
+            self._check_drift(now_ms, self._gathered)
         ts = self.clock(now_ms)
         if ts - self._last_silence_check >= 1000:
             self._check_silence(ts)
@@ -324,6 +409,8 @@ class AlertEngine:
         """Timer: silence, escalation and rate-limit summaries on the event clock."""
         ts = self.clock(now_ms)
         self._check_zones(now_ms)  # zones held for a source that has stopped delivering
+        if self._gather:
+            self._check_drift(now_ms, set(self._gather))  # windows held for a source that has stopped
         self._check_silence(ts)
         self._check_timers(ts)
         return self._flush()
@@ -381,6 +468,8 @@ class AlertEngine:
             return self._baseline(rule, t, agg)
         if rtype == "spike":
             return self._spike(rule, t, agg)
+        if rtype == "drift":
+            return self._drift(rule, t, agg)
         if rtype == "anomaly":
             s = agg.get("score")
             if s is None:
@@ -457,6 +546,136 @@ class AlertEngine:
             return None
         calm = rule.clear_level
         return prev_hi, prev_hi >= rule.raise_level and prev_lo <= calm and lo <= calm, rule.raise_level
+
+    def _drift(self, rule: Rule, t: Track, agg: dict[str, Any]) -> tuple[float, bool, float] | None:
+        """A window's ratio to the zone peers against the sensor's long-run ratio (see :class:`~alerting.rules.Rule`).
+
+        ``agg`` carries ``_r`` (log ratio to the peers' median), ``_y`` (log of that median) and
+        ``_incident`` (an incident rule is active on the sensor or its zone) from :meth:`_judge`.
+        Judged only at the checkpoints (window ends that are multiples of ``step_ms``).
+        """
+        r, y, incident, peers = float(agg["_r"]), float(agg["_y"]), bool(agg["_incident"]), float(agg["_peers"])
+        end = float(agg["end_ms"])
+        b = t.base
+        if b is None or len(b) <= _D_CP or end - b[_D_LAST] > rule.baseline_ms:  # first window, or a long gap
+            t.base = [r, r, 1.0, end, y, y, end, -1.0, peers, -1.0]
+            return None
+        dt = end - b[_D_LAST]
+        b[_D_LAST] = end
+        span = rule.steps * rule.step_ms
+        a_fast = 1.0 - math.exp(-dt / rule.smooth_ms)
+        b[_D_FAST] += a_fast * (r - b[_D_FAST])
+        b[_D_ZF] += a_fast * (y - b[_D_ZF])
+        b[_D_ZS] += (1.0 - math.exp(-dt / span)) * (y - b[_D_ZS])
+        if incident or abs(b[_D_ZF] - b[_D_ZS]) > math.log1p(rule.settle) or peers != b[_D_PEERS]:
+            b[_D_UNSETTLED] = end  # a peer missing, back or left out moves the median by a step
+            b[_D_PEERS] = peers
+        dev = b[_D_FAST] - b[_D_REF]
+        lr, lc = math.log(rule.raise_level), math.log(rule.clear_level)
+        hold = t.active or incident or (b[_D_N] >= rule.warmup_windows and abs(dev) >= lc)
+        if not hold:
+            b[_D_FROZEN] = -1.0
+        elif b[_D_FROZEN] < 0:
+            b[_D_FROZEN] = end
+        accepted = hold and rule.accept_after_ms is not None and end - b[_D_FROZEN] >= rule.accept_after_ms
+        if not hold or accepted:
+            b[_D_N] += 1.0
+            b[_D_REF] += max(1.0 / b[_D_N], 1.0 - math.exp(-dt / rule.baseline_ms)) * (r - b[_D_REF])
+        if b[_D_N] < rule.warmup_windows or int(end) % rule.step_ms:
+            return None
+        cps = b[_D_CP + 1:] if b[_D_CP] == end - rule.step_ms else []  # checkpoints must be consecutive
+        cps = [*cps, dev][-(rule.steps + 1):]
+        t.base = [*b[:_D_CP], end, *cps]
+        self._dirty.add(t.key)  # persisted once per checkpoint: a restart resumes from the last one
+        ratio = math.exp(dev)
+        if t.active:
+            return ratio, abs(dev) >= lc, rule.raise_level
+        if len(cps) <= rule.steps or abs(dev) < lr or end - b[_D_UNSETTLED] < span:
+            return ratio, False, rule.raise_level
+        sign = 1.0 if dev > 0 else -1.0
+        rises = [sign * (c1 - c0) for c0, c1 in zip(cps, cps[1:], strict=False)]
+        total = sign * (cps[-1] - cps[0])
+        steady = (
+            total >= lc and max(rises) <= DRIFT_MAX_STEP_SHARE * total
+            and min(rises) >= DRIFT_MIN_RISE * total / len(rises)
+            and rises[-1] >= DRIFT_MIN_LAST_RISE * total / len(rises)  # still moving: not a smoothed-out step
+        )
+        return ratio, steady, rule.raise_level
+
+    def _collect(self, rule: Rule, agg: dict[str, Any], partition: int) -> None:
+        """Gather a window of a drift rule's zone; :meth:`_check_drift` judges it with its peers."""
+        key = (rule.name, agg["zone"])
+        g = self._gather.get(key)
+        if g is None:
+            g = self._gather[key] = _Gather(partition)
+        sid = agg["sensor_id"]
+        g.members.add(sid)
+        src = agg.get("src")
+        if src is not None:
+            g.srcs.add(int(src))  # a source the zone's windows wait for from now on
+        start = int(agg["start_ms"])
+        if start <= g.judged_start:  # the zone's window was judged without it
+            self.counters.duplicates += 1
+            return
+        g.pending.setdefault(start, {})[sid] = agg
+        g.newest_end = max(g.newest_end, int(agg["end_ms"]))
+        self._gathered.add(key)
+
+    def _check_drift(self, now_ms: int, keys: Iterable[tuple[str, str]]) -> None:
+        """Judge the gathered windows every source of their zone has passed, in window order."""
+        hold = self.cfg.zone_hold_ms
+        for key in sorted(keys):
+            g = self._gather.get(key)
+            rule = self._rule_by_name.get(key[0])
+            if g is None or rule is None or not g.pending:
+                continue
+            if g.srcs:  # every source feeding the zone has passed the window (a silent one is not waited for)
+                fresh = [
+                    seen[0] for s in g.srcs
+                    if (seen := self.zone_src.get((g.p, key[1], s))) is not None and now_ms - seen[1] <= hold
+                ]
+                wm = min(fresh) if fresh else math.inf
+                complete = math.inf  # sources may hold peers not seen yet
+            else:  # one ordered stream: a later window, or every peer seen so far, completes a window
+                wm, complete = g.newest_end - 1, len(g.members)
+            for start in sorted(g.pending):
+                aggs = g.pending[start]
+                end = int(next(iter(aggs.values()))["end_ms"])
+                if not (end <= wm or len(aggs) >= complete or len(g.pending) > _DRIFT_MAX_PENDING):
+                    break
+                del g.pending[start]
+                g.judged_start = start
+                self._judge(rule, g, key[1], aggs)
+        self._gathered = set()
+
+    def _judge(self, rule: Rule, g: _Gather, zone: str, aggs: dict[str, dict[str, Any]]) -> None:
+        """Each sensor's window against the median of its peers' (same zone, kind, metric, window)."""
+        values = {sid: float(a[rule.field]) for sid, a in aggs.items()}
+        if len(values) <= rule.min_peers:
+            return
+        # a sensor already flagged as drifting is no reference for its peers (it would drag their median)
+        drifting = {sid for sid in values if (d := self.tracks.get(f"{rule.name}|{sid}")) is not None and d.active}
+        ordered = sorted(v for sid, v in values.items() if sid not in drifting)
+        checksum = 2 * zlib.crc32("\x1f".join(sid for sid in sorted(values) if sid not in drifting).encode())
+        floor = max(rule.baseline_floor, _EPS)
+        for sid in sorted(values):
+            v = values[sid]
+            own = sid not in drifting
+            if v <= _EPS or len(ordered) - own < rule.min_peers:
+                continue
+            m = _median_without(ordered, v) if own else _median_without([*ordered, math.inf], math.inf)
+            if m < floor:
+                continue
+            agg = aggs[sid]
+            kind, end = str(agg["kind"]), int(agg["end_ms"])
+            tracks = self.tracks
+            incident = any(
+                _open_at(tracks.get(f"{name}|{sid}"), end) for name in self._incident_rules.get(kind, ())
+            ) or any(
+                _open_at(tracks.get(f"{name}|zone:{zone}"), end) for name in self._incident_zone_rules.get(kind, ())
+            )
+            self._step(rule, {**agg, "_r": math.log(v / m), "_y": math.log(m), "_incident": incident,
+                              "_peers": checksum + own, "peers": len(ordered) - own, "peer_median": m}, g.p)
 
     def _step(self, rule: Rule, agg: dict[str, Any], partition: int) -> None:
         t = self._track(rule.name, agg, partition)
@@ -578,6 +797,10 @@ class AlertEngine:
             "jump": f"{agg['metric']} jumped by {value:.6g} {unit} (> {threshold:g}): sensor fault?",
             "spike": f"{agg['metric']} {rule.field} was {value:.3g} x its baseline for one window only "
             f"(>= {threshold:g}): sensor fault?",
+            "drift": f"{agg['metric']} {rule.field} {float(agg[rule.field]):.6g} {unit}: its ratio to the median of "
+            f"{agg.get('peers', 0)} zone peers is {value:.3g} x its long-run ratio and has moved steadily for "
+            f"{rule.steps * rule.step_ms / 60_000:g} min (>= {threshold:g} or <= {1 / max(threshold, _EPS):.3g}): "
+            "sensor drift?",
         }[rule.type]
         return f"{who}: {what}".rstrip()
 

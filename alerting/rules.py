@@ -4,7 +4,7 @@ A rule file is TOML with up to four parts (see ``alerting/default_rules.toml``):
 
     [engine]          # cool-down, rate limits, default escalation, sparkline length, zone hold
     [[rule]]          # per-sensor rules: threshold, baseline, rate_of_change, anomaly,
-                      # silence, stuck, out_of_range, jump, spike
+                      # silence, stuck, out_of_range, jump, spike, drift
     [[zone_rule]]     # k of n sensors of a zone in alarm within T -> one zone incident
     [[maintenance]]   # windows per sensor or zone that suppress (and record) alerts
 
@@ -37,7 +37,7 @@ Category = Literal["incident", "maintenance", "summary"]
 Op = Literal[">", ">=", "<", "<="]
 RuleType = Literal[
     "threshold", "baseline", "rate_of_change", "anomaly", "silence", "stuck", "out_of_range", "jump",
-    "spike",
+    "spike", "drift",
 ]
 #: ``baseline`` rules compare a window with the sensor's own recent normal: ``ratio`` (value / baseline)
 #: or ``delta`` (value - baseline, in the metric's unit).
@@ -49,7 +49,16 @@ KINDS: Final[frozenset[str]] = frozenset({"traffic", "environment", "crowd", "io
 _FIELDS: Final = frozenset(
     {"mean", "min", "max", "sum", "count", "std", "first", "last", "p50", "p95", "p99", "rate_per_s"}
 )
-MAINTENANCE_TYPES: Final = frozenset({"silence", "stuck", "out_of_range", "jump", "spike"})
+MAINTENANCE_TYPES: Final = frozenset({"silence", "stuck", "out_of_range", "jump", "spike", "drift"})
+#: ``drift`` rules: no single checkpoint-to-checkpoint step may carry more than this share of the
+#: deviation's growth over the judged span (a step change is an event or a repair, not a drift),
+DRIFT_MAX_STEP_SHARE: Final = 0.6
+#: every step must grow by at least this share of the average step (steady, not flat then a jump),
+DRIFT_MIN_RISE: Final = 0.25
+#: and the last step by at least this share of it: a drift keeps moving, while a step change,
+#: smoothed by the rule's averaging, levels off.
+DRIFT_MIN_LAST_RISE: Final = 0.5
+_DRIFT_KEYS: Final = ("smooth", "step", "steps", "min_peers", "settle")
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,6 +172,27 @@ class Rule:
     at or below ``clear_level`` x the baseline: some readings were wild, the level did not move.
     A real jump (a crowd surge, traffic recovering after an accident) lifts the ``min`` too. The
     alert is raised one window late and clears after ``clear_windows`` windows without a spike.
+
+    ``drift`` rules (a sensor fault) compare a sensor with its zone peers of the same kind and
+    metric: per window, ``r = log(field / median of the peers' field)`` (at least ``min_peers``
+    peers; windows whose peer median is below ``baseline_floor`` are skipped). A drifting sensor
+    looks like the daily cycle to its own baseline, but its ratio to its peers moves. The sensor's
+    long-run ratio is an exponential average of ``r`` (time constant ``baseline_ms``; it stops
+    learning while the smoothed ratio is beyond ``clear_level`` of it, while an alert is open and
+    while an incident involves the sensor or its zone, until ``accept_after_ms``); the smoothed
+    ratio averages ``r`` over ``smooth_ms``. Every ``step_ms`` of event time (aligned checkpoints)
+    the deviation ``smoothed - long-run`` is recorded. A drift is raised when the deviation is
+    beyond ``log(raise_level)`` (either way) and grew in that direction at each of the last
+    ``steps`` checkpoints, by at least ``log(clear_level)`` in all, with no step carrying more than
+    :data:`DRIFT_MAX_STEP_SHARE` of the growth, each at least :data:`DRIFT_MIN_RISE` and the last
+    at least :data:`DRIFT_MIN_LAST_RISE` of the average step (slow, monotone, still moving: not a
+    step change), while the zone was settled over that span: the peers' median (smoothed like the
+    ratio) stayed within ``settle`` (a fraction) of its average over the span, so rush hours and
+    zone-wide incidents, which move all peers at once, are not judged, and its set of peers did
+    not change (a peer missing or back, or left out once flagged as drifting itself, moves the
+    median by a step). It clears at the first
+    checkpoint back within ``clear_level``. ``raise_level`` and ``clear_level`` are ratios (> 1;
+    ``clear`` defaults to the square root of ``raise``, half-way in log terms).
     """
 
     name: str
@@ -191,6 +221,11 @@ class Rule:
     warmup_windows: int = 5
     baseline_floor: float = 0.0
     accept_after_ms: int | None = None
+    smooth_ms: int = 1_200_000
+    step_ms: int = 900_000
+    steps: int = 4
+    min_peers: int = 2
+    settle: float = 0.05
     line: int = 0
 
     def applies(self, agg: dict[str, Any]) -> bool:
@@ -305,7 +340,7 @@ _RULE_KEYS: Final = {
     "name", "type", "kind", "metric", "field", "op", "level", "raise", "clear", "low", "high", "for_windows",
     "for", "clear_windows", "silent_for", "severity", "category", "escalate_after", "zones", "sensors", "window",
     "window_size", "max_step", "stuck_windows", "mode", "baseline", "warmup_windows", "baseline_floor",
-    "accept_after",
+    "accept_after", *_DRIFT_KEYS,
 }
 _ZONE_KEYS: Final = {"name", "members", "k", "within", "clear_below", "severity", "fold", "escalate_after", "zones"}
 _MAINT_KEYS: Final = {"sensor_id", "zone", "start", "end", "rules", "reason"}
@@ -448,8 +483,8 @@ def load_rules(
         member = next((r for r in rules if r.name == zr.members), None)
         if member is None:
             raise w.error("zone_rule", i, zr.name, "members", f"expected the name of a [[rule]], got {zr.members!r}")
-        if member.type == "silence":
-            raise w.error("zone_rule", i, zr.name, "members", "silence rules cannot be zone members")
+        if member.type in ("silence", "drift"):
+            raise w.error("zone_rule", i, zr.name, "members", f"{member.type} rules cannot be zone members")
         zone_rules.append(zr)
     maintenance = tuple(_maintenance(entry, i, w) for i, entry in enumerate(doc.get("maintenance", [])))
     if any(r.name == "rate_limit" for r in rules):
@@ -560,12 +595,20 @@ def _rule(entry: dict[str, Any], i: int, w: _Where) -> Rule:  # noqa: C901 - one
     default_cat = "maintenance" if rtype in MAINTENANCE_TYPES else "incident"
     category = _choice(entry, "category", default_cat, ("incident", "maintenance"), t, i, w)
     kw: dict[str, Any] = {}
-    if rtype in ("threshold", "baseline", "rate_of_change", "anomaly", "spike"):
+    if rtype in ("threshold", "baseline", "rate_of_change", "anomaly", "spike", "drift"):
         key = "raise" if "raise" in entry else "level"
         if key not in entry:
             raise w.error(t, i, name, "raise", f"missing (required for type {rtype!r}; 'level' is an alias)")
         raise_level = _num(entry, key, t, i, w)
-        clear_level = _num(entry, "clear", t, i, w) if "clear" in entry else raise_level
+        if rtype == "drift":
+            if "op" in entry:
+                raise w.error(t, i, name, "op", "type 'drift' judges the ratio both ways; 'op' does not apply")
+            if raise_level <= 1.0:
+                raise w.error(t, i, name, key, f"expected a ratio > 1 (type 'drift'), got {raise_level:g}")
+        default_clear = raise_level**0.5 if rtype == "drift" else raise_level
+        clear_level = _num(entry, "clear", t, i, w) if "clear" in entry else default_clear
+        if rtype == "drift" and clear_level < 1.0:
+            raise w.error(t, i, name, "clear", f"expected a ratio >= 1 (type 'drift'), got {clear_level:g}")
         upward = op in (">", ">=")
         if (upward and clear_level > raise_level) or (not upward and clear_level < raise_level):
             side = "<=" if upward else ">="
@@ -595,8 +638,10 @@ def _rule(entry: dict[str, Any], i: int, w: _Where) -> Rule:  # noqa: C901 - one
     baseline_keys = sorted(
         k for k in ("mode", "baseline", "warmup_windows", "baseline_floor", "accept_after") if k in entry
     )
-    if rtype in ("baseline", "spike"):
+    if rtype in ("baseline", "spike", "drift"):
         kw["mode"] = _choice(entry, "mode", "ratio", get_args(BaselineMode), t, i, w)
+        if rtype == "drift" and kw["mode"] != "ratio":
+            raise w.error(t, i, name, "mode", "type 'drift' judges ratios to the zone peers (mode 'ratio')")
         if rtype == "spike" and (kw["mode"] != "ratio" or op not in (">", ">=")):
             raise w.error(t, i, name, "mode" if kw["mode"] != "ratio" else "op",
                           "type 'spike' judges an upward ratio to the baseline (mode 'ratio', op '>' or '>=')")
@@ -605,7 +650,9 @@ def _rule(entry: dict[str, Any], i: int, w: _Where) -> Rule:  # noqa: C901 - one
             if base_ms <= 0:
                 raise w.error(t, i, name, "baseline", "expected a positive duration (the averaging time)")
             kw["baseline_ms"] = base_ms
-        kw["warmup_windows"] = _int(entry, "warmup_windows", 5, t, i, w)
+        elif rtype == "drift":
+            kw["baseline_ms"] = 7_200_000
+        kw["warmup_windows"] = _int(entry, "warmup_windows", 40 if rtype == "drift" else 5, t, i, w)
         if "baseline_floor" in entry:
             floor = _num(entry, "baseline_floor", t, i, w)
             if floor < 0:
@@ -619,7 +666,13 @@ def _rule(entry: dict[str, Any], i: int, w: _Where) -> Rule:  # noqa: C901 - one
         if kw["mode"] == "ratio" and kw.get("raise_level", 0.0) <= 0:
             raise w.error(t, i, name, "raise", f"expected a positive ratio, got {kw.get('raise_level', 0.0):g}")
     elif baseline_keys:
-        raise w.error(t, i, name, baseline_keys[0], f"applies to type 'baseline' only (and 'spike'), not {rtype!r}")
+        raise w.error(t, i, name, baseline_keys[0],
+                      f"applies to type 'baseline' only (and 'spike', 'drift'), not {rtype!r}")
+    if rtype == "drift":
+        kw.update(_drift_fields(entry, i, w))
+    elif any(k in entry for k in _DRIFT_KEYS):
+        key = next(k for k in _DRIFT_KEYS if k in entry)
+        raise w.error(t, i, name, key, f"applies to type 'drift' only, not {rtype!r}")
     for_windows = _int(entry, "stuck_windows" if rtype == "stuck" else "for_windows",
                        3 if rtype == "stuck" else 1, t, i, w)
     window = _choice(entry, "window", "tumbling", ("tumbling", "hopping"), t, i, w)
@@ -644,6 +697,25 @@ def _rule(entry: dict[str, Any], i: int, w: _Where) -> Rule:  # noqa: C901 - one
         **{"op": op, **kw},
     )
     return rule
+
+
+def _drift_fields(entry: dict[str, Any], i: int, w: _Where) -> dict[str, Any]:
+    t, name = "rule", entry.get("name")
+    kw: dict[str, Any] = {}
+    for key, attr in (("smooth", "smooth_ms"), ("step", "step_ms")):
+        ms = _dur(entry, key, t, i, w)
+        if ms is not None:
+            if ms <= 0:
+                raise w.error(t, i, name, key, "expected a positive duration")
+            kw[attr] = ms
+    kw["steps"] = _int(entry, "steps", 4, t, i, w, lo=2)
+    kw["min_peers"] = _int(entry, "min_peers", 2, t, i, w, lo=1)
+    if "settle" in entry:
+        settle = _num(entry, "settle", t, i, w)
+        if settle <= 0:
+            raise w.error(t, i, name, "settle", f"expected a positive fraction, got {settle:g}")
+        kw["settle"] = settle
+    return kw
 
 
 def _zone_rule(entry: dict[str, Any], i: int, w: _Where) -> ZoneRule:

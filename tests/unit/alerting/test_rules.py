@@ -30,7 +30,9 @@ def test_stateless_crossing_raises_one_alert_with_stable_id() -> None:
 def test_default_rules_load_every_type() -> None:
     rs = load_rules()
     # No anomaly rule by default (a model score is evidence, not an incident; see the file's header).
-    assert {r.type for r in rs.rules} == {"threshold", "baseline", "silence", "stuck", "out_of_range", "jump", "spike"}
+    assert {r.type for r in rs.rules} == {
+        "threshold", "baseline", "silence", "stuck", "out_of_range", "jump", "spike", "drift",
+    }
     assert {z.members for z in rs.zone_rules} <= {r.name for r in rs.rules}
     assert not rs.warnings
     assert not load_rules(score_available=True).warnings
