@@ -70,13 +70,16 @@ logger = logging.getLogger(__name__)
 RATE_LIMIT_RULE: Final = "rate_limit"
 ACTIVE_STATES: Final = frozenset({"raised", "updated", "escalated", "acknowledged"})
 _EPS: Final = 1e-12
-#: drift rules: windows gathered per zone beyond this many are judged with the peers that came
-_DRIFT_MAX_PENDING: Final = 30
+#: drift rules: windows gathered per zone beyond this many (2 h of 1-min windows: a source of the zone
+#: that far behind the others) are judged with the peers that came
+_DRIFT_MAX_PENDING: Final = 120
 #: drift rules: ``Track.base`` is ``[long-run log ratio, smoothed log ratio, windows learned, end_ms of the
 #: last window, log peer median (smoothed), log peer median (averaged over the judged span), end_ms
 #: the zone was last unsettled, in an incident or its peers changed, end_ms learning stopped (-1:
 #: learning), a checksum of the peers, end_ms of the last checkpoint, deviations at the last checkpoints...]``
 _D_REF, _D_FAST, _D_N, _D_LAST, _D_ZF, _D_ZS, _D_UNSETTLED, _D_FROZEN, _D_PEERS, _D_CP = range(10)
+#: drift rules: the fields of a sensor's aggregate kept (once per sensor) for its alerts
+_DRIFT_META: Final = ("sensor_id", "kind", "zone", "metric", "unit", "window", "size_ms", "src")
 
 
 @dataclass(slots=True)
@@ -86,8 +89,10 @@ class _Gather:
     p: int
     members: set[str] = field(default_factory=set)
     srcs: set[int] = field(default_factory=set)
-    #: window start -> sensor id -> aggregate
-    pending: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    #: window start -> sensor id -> (field value, end_ms, first_ts_ms): a few numbers per window
+    pending: dict[int, dict[str, tuple[float, int, int]]] = field(default_factory=dict)
+    #: sensor id -> its latest aggregate without the window's numbers (kind, unit, ...), for the alerts
+    meta: dict[str, dict[str, Any]] = field(default_factory=dict)
     newest_end: int = -1
     judged_start: int = -1
 
@@ -617,7 +622,10 @@ class AlertEngine:
         if start <= g.judged_start:  # the zone's window was judged without it
             self.counters.duplicates += 1
             return
-        g.pending.setdefault(start, {})[sid] = agg
+        g.pending.setdefault(start, {})[sid] = (
+            float(agg[rule.field]), int(agg["end_ms"]), int(agg.get("first_ts_ms", start))
+        )
+        g.meta[sid] = {k: agg[k] for k in _DRIFT_META if k in agg}
         g.newest_end = max(g.newest_end, int(agg["end_ms"]))
         self._gathered.add(key)
 
@@ -640,17 +648,17 @@ class AlertEngine:
                 wm, complete = g.newest_end - 1, len(g.members)
             for start in sorted(g.pending):
                 aggs = g.pending[start]
-                end = int(next(iter(aggs.values()))["end_ms"])
+                end = next(iter(aggs.values()))[1]
                 if not (end <= wm or len(aggs) >= complete or len(g.pending) > _DRIFT_MAX_PENDING):
                     break
                 del g.pending[start]
                 g.judged_start = start
-                self._judge(rule, g, key[1], aggs)
+                self._judge(rule, g, key[1], start, aggs)
         self._gathered = set()
 
-    def _judge(self, rule: Rule, g: _Gather, zone: str, aggs: dict[str, dict[str, Any]]) -> None:
+    def _judge(self, rule: Rule, g: _Gather, zone: str, start: int, aggs: dict[str, tuple[float, int, int]]) -> None:
         """Each sensor's window against the median of its peers' (same zone, kind, metric, window)."""
-        values = {sid: float(a[rule.field]) for sid, a in aggs.items()}
+        values = {sid: a[0] for sid, a in aggs.items()}
         if len(values) <= rule.min_peers:
             return
         # a sensor already flagged as drifting is no reference for its peers (it would drag their median)
@@ -666,16 +674,18 @@ class AlertEngine:
             m = _median_without(ordered, v) if own else _median_without([*ordered, math.inf], math.inf)
             if m < floor:
                 continue
-            agg = aggs[sid]
-            kind, end = str(agg["kind"]), int(agg["end_ms"])
+            _, end, first_ts = aggs[sid]
+            agg = {**g.meta[sid], rule.field: v, "start_ms": start, "end_ms": end, "first_ts_ms": first_ts}
+            kind = str(agg["kind"])
             tracks = self.tracks
             incident = any(
                 _open_at(tracks.get(f"{name}|{sid}"), end) for name in self._incident_rules.get(kind, ())
             ) or any(
                 _open_at(tracks.get(f"{name}|zone:{zone}"), end) for name in self._incident_zone_rules.get(kind, ())
             )
-            self._step(rule, {**agg, "_r": math.log(v / m), "_y": math.log(m), "_incident": incident,
-                              "_peers": checksum + own, "peers": len(ordered) - own, "peer_median": m}, g.p)
+            agg.update(_r=math.log(v / m), _y=math.log(m), _incident=incident, _peers=checksum + own,
+                       peers=len(ordered) - own, peer_median=m)
+            self._step(rule, agg, g.p)
 
     def _step(self, rule: Rule, agg: dict[str, Any], partition: int) -> None:
         t = self._track(rule.name, agg, partition)
