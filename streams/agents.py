@@ -187,8 +187,13 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
             return
         items = list(pending_state.items())
         pending_state.clear()
-        for key, (partition, value) in items:
-            await persist(table, partition, key, value)
+        for i, (key, (partition, value)) in enumerate(items):
+            try:
+                await persist(table, partition, key, value)
+            except BaseException:  # the commit fails with it; keep what was not written (or is newer)
+                for k2, v2 in items[i:]:
+                    pending_state.setdefault(k2, v2)
+                raise
 
     app.urbansense_before_commit = flush_state  # type: ignore[attr-defined]  # see streams.app
 
