@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.e2e import proc_cpu_s
+
 #: (share name, a predicate on the ';'-joined stack), first match wins; order matters.
 CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("idle (waiting in epoll)", ("EpollSelector.select",)),
@@ -42,12 +44,6 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 
 OTHER = "other (event loop, Faust services)"
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a live process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def categorise(raw: Path) -> dict[str, float]:
@@ -89,7 +85,7 @@ def run_once(tmp: Path, sensors: int, steps: int, py_spy: str | None) -> dict[st
     try:
         pcfg = producer_config(KafkaSettings(bootstrap_servers=bootstrap))
         publish_kafka(msgs, producer_config=pcfg, topic=env["URBAN_KAFKA__READINGS_TOPIC"])
-        t0, w0, b0 = time.monotonic(), cpu_s(worker.proc.pid), cpu_s(broker.pid)
+        t0, w0, b0 = time.monotonic(), proc_cpu_s(worker.proc.pid), proc_cpu_s(broker.pid)
         if py_spy:
             spy = subprocess.Popen(  # noqa: S603 - a local profiler on our own child
                 [py_spy, "record", "-p", str(worker.proc.pid), "-r", "50", "-f", "raw",
@@ -103,7 +99,7 @@ def run_once(tmp: Path, sensors: int, steps: int, py_spy: str | None) -> dict[st
                 break
             time.sleep(0.2)
         wall = time.monotonic() - t0
-        w_cpu, b_cpu = cpu_s(worker.proc.pid) - w0, cpu_s(broker.pid) - b0
+        w_cpu, b_cpu = proc_cpu_s(worker.proc.pid) - w0, proc_cpu_s(broker.pid) - b0
     finally:
         if spy is not None:
             spy.send_signal(2)  # SIGINT: py-spy writes what it has

@@ -30,7 +30,7 @@ from streams.deadletter import dead_letter
 from streams.engine import WindowDef, WindowSpec
 from streams.errors import InvalidReading, SinkError
 from streams.metrics import register_metrics
-from streams.pipeline import Output, Pipeline, Record
+from streams.pipeline import WATERMARK_KEY, Output, Pipeline, Record
 from streams.schema import parse_reading
 from streams.settings import Settings
 from streams.zones import ZoneRollup
@@ -175,7 +175,7 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
         data = table.data
         for partition, key, value in out.state:
             data[key] = value
-            if key in closed or key.startswith("__"):
+            if key in closed or key == WATERMARK_KEY.format(partition=partition):
                 pending_state.pop(key, None)
                 await persist(table, partition, key, value)
             else:
