@@ -410,6 +410,29 @@ class AlertEngine:
         self._check_timers(ts)
         return self._flush()
 
+    def progress(self, ends: dict[int, int], now_ms: int, partition: int = 0) -> list[dict[str, Any]]:
+        """Apply a progress marker: source partition -> newest window end it has emitted so far.
+
+        The host sends one to every engine input partition after routing a batch, behind that
+        batch's aggregates. A sensor's silence is judged on the clock of its (input partition,
+        source) pair, which its aggregates alone would only advance if other sensors share that
+        pair: a sensor alone in it would stall its own clock by going silent.
+        """
+        self._host_ms = now_ms
+        src_ms = self.src_ms
+        moved = False
+        for src, end in ends.items():
+            end = int(end)
+            if end > src_ms.get((partition, int(src)), -1):
+                src_ms[(partition, int(src))] = end
+                moved = True
+            self._advance(end, now_ms)
+        ts = self.clock(now_ms)
+        if moved:  # a source's clock moved on without the event clock: judge silence now
+            self._check_silence(ts)
+        self._check_timers(ts)
+        return self._flush()
+
     def tick(self, now_ms: int) -> list[dict[str, Any]]:
         """Timer: silence, escalation and rate-limit summaries on the event clock."""
         ts = self.clock(now_ms)

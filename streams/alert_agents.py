@@ -261,16 +261,31 @@ def attach_alerting(  # noqa: C901 - one place that wires it all
     @app.agent(aggs_in, name="urbansense.alerting.route")
     async def route(stream: faust.StreamT) -> AsyncIterator[None]:
         """Re-key the aggregates the rules look at by zone (one message per zone and batch)."""
+        sent: dict[int, int] = {}  # source partition -> window end last announced
         async for events in stream.take_events(ROUTE_BATCH, within=0.05):
             by_zone: dict[str, list[Any]] = defaultdict(list)
+            ends: dict[int, int] = {}
             for e in events:
                 agg = orjson.loads(e.value)
+                src = e.message.partition
+                end = agg.get("end_ms")
+                if isinstance(end, int) and end > ends.get(src, -1):
+                    ends[src] = end
                 if engine.wants(agg):
                     # The source partition: its own event clock judges the silence of its sensors.
-                    agg["src"] = e.message.partition
+                    agg["src"] = src
                     by_zone[agg["zone"]].append(agg)
             for zone, aggs in by_zone.items():
                 await routed.send(key=zone.encode(), value=orjson.dumps({"t": "aggs", "aggs": aggs}))
+            # Progress marker to every engine partition, behind this batch's aggregates: how far
+            # each source has got, so a sensor alone in its (partition, source) pair that goes
+            # silent does not stall the clock its silence is judged on.
+            moved = {s: e for s, e in ends.items() if e > sent.get(s, -1)}
+            if moved:
+                sent.update(moved)
+                body = orjson.dumps({"t": "src", "ends": {str(s): e for s, e in moved.items()}})
+                for p in range(k.partitions):
+                    await routed.send(key=b"__sources__", value=body, partition=p)
             yield None
 
     @app.agent(control, name="urbansense.alerting.control")
@@ -308,6 +323,8 @@ def attach_alerting(  # noqa: C901 - one place that wires it all
                 doc = orjson.loads(e.value)
                 if doc.get("t") == "aggs":
                     out += engine.process(doc["aggs"], now, p)
+                elif doc.get("t") == "src":
+                    out += engine.progress({int(s): int(v) for s, v in doc["ends"].items()}, now, p)
                 elif doc.get("t") == "cmd":
                     out += engine.command(doc, now)
             await publish(out)

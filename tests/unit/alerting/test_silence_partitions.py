@@ -27,3 +27,27 @@ def test_silence_is_still_raised_within_one_input_partition() -> None:
     eng.process([make_agg(quiet, 0, 20, src=0), make_agg(busy, 0, 20, src=0)], T0 + W, partition=0)
     out = eng.process([make_agg(busy, i, 20, src=0) for i in range(1, 8)], T0 + 8 * W, partition=0)
     assert [(r["rule"], r["sensor_id"], r["state"]) for r in out] == [("silent", quiet, "raised")]
+
+
+def test_a_sensor_alone_in_its_source_is_judged_on_the_sources_progress_markers() -> None:
+    """A sensor that is the only one of its (input partition, source) pair stalls that pair's clock
+    when it goes silent; the host's progress markers (how far each source has got) keep it moving."""
+    eng = AlertEngine(load_rules(text=SILENT))
+    alone, other = "env-futian-0001", "env-luohu-0002"  # both from source 0, routed to partitions 0 and 1
+    eng.process([make_agg(alone, 0, 20, src=0)], T0 + W, partition=0)
+    eng.process([make_agg(other, 0, 20, src=0, zone="luohu")], T0 + W, partition=1)
+    out = []
+    for i in range(1, 8):  # source 0 moves on: only the luohu sensor reports
+        out += eng.process([make_agg(other, i, 20, src=0, zone="luohu")], T0 + W, partition=1)
+        out += eng.tick(T0 + W)
+    assert out == []  # without markers input partition 0 cannot tell the source has moved on
+    out = eng.progress({0: T0 + 8 * W}, T0 + W, partition=0)
+    assert [(r["rule"], r["sensor_id"], r["state"]) for r in out] == [("silent", alone, "raised")]
+    assert out[0]["ts_ms"] == T0 + 8 * W and out[0]["latency_ms"] >= 0
+    # a marker on another input partition says nothing about partition 0's sensors
+    eng2 = AlertEngine(load_rules(text=SILENT))
+    eng2.process([make_agg(alone, 0, 20, src=0)], T0 + W, partition=0)
+    assert eng2.progress({0: T0 + 8 * W}, T0 + W, partition=1) == []
+    # markers are idempotent and never move a source back
+    assert eng.progress({0: T0 + 3 * W}, T0 + W, partition=0) == []
+    assert eng.src_ms[(0, 0)] == T0 + 8 * W
