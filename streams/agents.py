@@ -100,6 +100,7 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
         help="Open zone roll-up windows (partials per source partition) and source watermarks.",
     )
     rollups: dict[int, ZoneRollup] = {}
+    zone_stats = {"msgs_in": 0, "msg_errors": 0}
     table = app.Table(
         "windows",
         partitions=k.partitions,
@@ -272,8 +273,17 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
             for e in events:
                 p = e.message.partition
                 zr = rollup(p)
-                key = zr.add(orjson.loads(e.value))
                 touched.setdefault(p, set())
+                zone_stats["msgs_in"] += 1
+                try:
+                    key = zr.add(orjson.loads(e.value))
+                except Exception:
+                    # Our own windows stage wrote it, so this is a bug, not bad input: say so and go
+                    # on with the batch (an exception here would lose the batch's markers with it,
+                    # and a zone waiting on them would never close).
+                    zone_stats["msg_errors"] += 1
+                    logger.exception("zone partial not applied partition=%d offset=%d", p, e.message.offset)
+                    continue
                 if key is not None:
                     touched[p].add(key)
             for p, keys in touched.items():
@@ -390,8 +400,14 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
             if backlogged(p):  # a slow consumer is not an idle feed: no jump to the wall clock
                 pw.hold_idle(now)
         await emit(pipeline.tick(now))
+        for tp in app.consumer.assignment():
+            # after a rebalance the rollups are rebuilt from the table here too, not only when the
+            # next partial arrives: windows restored after the last partial must still close
+            if tp.topic == k.zone_partials_topic:
+                rollup(tp.partition)
         for p, zr in list(rollups.items()):
-            if zr.partials and len(zr.marks) < zr.sources:  # waiting on sources that never reported
+            # sources that never reported (the idle fallback), or restored windows already passed
+            if zr.partials and (len(zr.marks) < zr.sources or zr.closable()):
                 await flush_zone(p, set())
 
     if scorer is not None:
@@ -431,6 +447,8 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
             "zone_windows_open": sum(len(zr.partials) for zr in rollups.values()),
             "model_versions": scorer.versions() if scorer is not None else {},
             "zone_source_watermarks_ms": {str(p): zr.marks for p, zr in rollups.items()},
+            "zone_msgs_in": zone_stats["msgs_in"],
+            "zone_msg_errors": zone_stats["msg_errors"],
             **writer_stats(),
         }
         return web_.json(body)

@@ -156,6 +156,15 @@ class ZoneRollup:
         return None if parts is None else {"parts": [parts[s] for s in sorted(parts)]}
 
     def restore_window(self, doc: dict[str, Any]) -> None:
-        """Load one zone window from the table."""
+        """Load one zone window from the table (as stored: no late check, whatever the marks say,
+        so the order in which a restore meets windows and marks does not matter)."""
         for p in doc["parts"]:
-            self.add(p)
+            key: PartialKey = (p["zone"], p["kind"], p["metric"], p["window"], int(p["start_ms"]))
+            self.partials.setdefault(key, {})[int(p["src"])] = p
+
+    def closable(self) -> bool:
+        """Whether :meth:`close` would close a window now."""
+        wm = self.watermark_ms
+        return wm is not None and any(
+            next(iter(parts.values()))["end_ms"] + self.grace_ms <= wm for parts in self.partials.values()
+        )
