@@ -58,6 +58,7 @@ class FeatureState:
 
     def __init__(self) -> None:
         self._series: dict[tuple[str, str], _Series] = {}
+        self._by_sensor: dict[str, dict[str, _Series]] = {}  # the same series, by sensor then metric
 
     def transform(
         self, records: Sequence[Mapping[str, Any]], learn: Sequence[bool] | NDArray[np.bool_] | None = None
@@ -80,7 +81,7 @@ class FeatureState:
             mean = float(rec["mean"])
             std = float(rec.get("std") or 0.0)
             rng = float(rec["max"]) - float(rec["min"])
-            how = (int(rec["start_ms"]) // _HOUR_MS) % 168
+            how = self.bucket(int(rec["start_ms"]))
             if s is None or s.n < 3:
                 continue  # not enough history: neutral features
             sd = math.sqrt(s.var) + 1e-6 * (abs(s.mean) + 1.0)
@@ -112,12 +113,54 @@ class FeatureState:
         s = self._series.get((sensor_id, metric))
         return 0 if s is None else s.n
 
+    def series_doc(self, sensor_id: str) -> dict[str, list[Any]]:
+        """The baselines of a sensor's series as a JSON document (no season; see :meth:`season_doc`).
+
+        Per metric ``[mean, var, std_level, n, recent]``: floats round-trip exactly through JSON
+        (shortest repr), so :meth:`restore_series` rebuilds the same features.
+
+        Example:
+            >>> st = FeatureState()
+            >>> st.learn([{"sensor_id": "s1", "metric": "m", "start_ms": 0, "mean": 2.5, "std": 0.5}])
+            >>> st.series_doc("s1")
+            {'m': [2.5, 0.0, 0.5, 1, [2.5]]}
+        """
+        series = self._by_sensor.get(sensor_id, {})
+        return {m: [s.mean, s.var, s.std_level, s.n, list(s.recent)] for m, s in series.items()}
+
+    def season_doc(self, sensor_id: str, bucket: int) -> dict[str, float]:
+        """A sensor's learned value of one hour-of-week ``bucket`` per metric (see :meth:`bucket`)."""
+        return {m: s.season[bucket] for m, s in self._by_sensor.get(sensor_id, {}).items() if bucket in s.season}
+
+    @staticmethod
+    def bucket(start_ms: int) -> int:
+        """The hour-of-week season bucket (0..167) a window starting at ``start_ms`` learns into."""
+        return (start_ms // _HOUR_MS) % 168
+
+    def restore_series(self, sensor_id: str, doc: Mapping[str, Sequence[Any]]) -> None:
+        """Load baselines written by :meth:`series_doc` (they replace the series'; its season stays)."""
+        for metric, (mean, var, std_level, n, recent) in doc.items():
+            s = self._get(sensor_id, metric)
+            s.mean = math.nan if mean is None else float(mean)  # JSON has no NaN: orjson writes null
+            s.var, s.std_level, s.n, s.recent = float(var), float(std_level), int(n), [float(x) for x in recent]
+
+    def restore_season(self, sensor_id: str, bucket: int, values: Mapping[str, float]) -> None:
+        """Load one season bucket written by :meth:`season_doc`."""
+        for metric, value in values.items():
+            self._get(sensor_id, metric).season[bucket] = float(value)
+
+    def _get(self, sensor_id: str, metric: str) -> _Series:
+        s = self._series.get((sensor_id, metric))
+        if s is None:
+            s = self._series[(sensor_id, metric)] = _Series()
+            self._by_sensor.setdefault(sensor_id, {})[metric] = s
+        return s
+
     def _learn(self, rec: Mapping[str, Any]) -> None:
-        key = (str(rec["sensor_id"]), str(rec["metric"]))
-        s = self._series.setdefault(key, _Series())
+        s = self._get(str(rec["sensor_id"]), str(rec["metric"]))
         mean = float(rec["mean"])
         std = float(rec.get("std") or 0.0)
-        how = (int(rec["start_ms"]) // _HOUR_MS) % 168
+        how = self.bucket(int(rec["start_ms"]))
         if s.n == 0:
             s.mean, s.var, s.std_level = mean, 0.0, std
         else:

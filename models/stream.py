@@ -4,7 +4,9 @@
 kind), writes ``score``, ``model_version`` and ``top_features`` into each aggregate record, and only
 then lets the windows that did not look anomalous update the baselines the features are computed
 against (an anomaly must not become the new normal). Models are swapped without a restart by
-:meth:`StreamScorer.reload`, which picks up a newer version directory under the models folder.
+:meth:`StreamScorer.reload`, which picks up a newer version directory under the models folder; the
+baselines stay. They survive a restart as JSON documents the caller keeps with its window state
+(:meth:`StreamScorer.state_docs`, loaded back by ``restore_series``/``restore_season``).
 """
 
 from __future__ import annotations
@@ -115,19 +117,22 @@ class StreamScorer:
             swapped.append(kind)
         return swapped
 
+    def _scored(self, rec: dict[str, Any]) -> bool:
+        """Whether :meth:`score` scores ``rec``: a final record of the primary window, of a kind with a model."""
+        if rec.get("window") != self.window or not rec.get("final", True):
+            return False
+        if self.size_ms is not None and rec.get("size_ms") != self.size_ms:
+            return False
+        return rec["kind"] in self.scorers
+
     def score(self, aggregates: Sequence[dict[str, Any]]) -> None:
         """Add ``score``, ``model_version`` and ``top_features`` to the final primary-window records."""
         by_kind: dict[str, list[dict[str, Any]]] = {}
         for rec in aggregates:
-            if rec.get("window") != self.window or not rec.get("final", True):
-                continue
-            if self.size_ms is not None and rec.get("size_ms") != self.size_ms:
-                continue
-            by_kind.setdefault(rec["kind"], []).append(rec)
+            if self._scored(rec):
+                by_kind.setdefault(rec["kind"], []).append(rec)
         for kind, recs in by_kind.items():
-            scorer = self.scorers.get(kind)
-            if scorer is None:
-                continue
+            scorer = self.scorers[kind]
             state = self.features[kind]
             threshold = self.thresholds[kind]
             # One window start at a time, in event-time order (as in training): window W's features
@@ -146,3 +151,51 @@ class StreamScorer:
                     rec["model_version"] = res.model_version
                     rec["top_features"] = list(top)
                 state.learn([r for r, s in zip(group, scores, strict=True) if self._may_learn(state, r, s, threshold)])
+
+    def state_docs(self, aggregates: Sequence[dict[str, Any]]) -> list[tuple[str, int | None, dict[str, Any]]]:
+        """JSON documents of the state :meth:`score` changed scoring ``aggregates`` (call right after it).
+
+        Per sensor with a scored record, ``(sensor_id, None, {"k": kind, "m": ..., "s": ...})``: per
+        metric its baselines and recent means (:meth:`FeatureState.series_doc`) and, in ``"s"``, its
+        running anomaly streak. Per hour-of-week season bucket those records fell into,
+        ``(sensor_id, bucket, {"k": kind, "v": {metric: value}})``: a closure writes only the buckets
+        it touched, never a sensor's whole profile. :meth:`restore_series` and :meth:`restore_season`
+        load them back; the result scores exactly as the scorer that wrote them.
+        """
+        touched: dict[tuple[str, str], set[int]] = {}  # (kind, sensor_id) -> season buckets
+        for rec in aggregates:
+            if self._scored(rec):
+                buckets = touched.setdefault((rec["kind"], str(rec["sensor_id"])), set())
+                buckets.add(FeatureState.bucket(int(rec["start_ms"])))
+        out: list[tuple[str, int | None, dict[str, Any]]] = []
+        for (kind, sid), buckets in touched.items():
+            state = self.features[kind]
+            series = state.series_doc(sid)
+            streaks = {m: n for m in series if (n := self._streak.get((sid, m), 0))}
+            out.append((sid, None, {"k": kind, "m": series, "s": streaks} if streaks else {"k": kind, "m": series}))
+            for bucket in sorted(buckets):
+                values = state.season_doc(sid, bucket)
+                if values:
+                    out.append((sid, bucket, {"k": kind, "v": values}))
+        return out
+
+    def restore_series(self, sensor_id: str, doc: dict[str, Any]) -> None:
+        """Load a sensor's baselines and streaks written by :meth:`state_docs` (replacing what is held)."""
+        series = doc["m"]
+        self.features[doc["k"]].restore_series(sensor_id, series)
+        streaks = doc.get("s", {})
+        for metric in series:
+            n = int(streaks.get(metric, 0))
+            if n:
+                self._streak[(sensor_id, metric)] = n
+            else:
+                self._streak.pop((sensor_id, metric), None)
+
+    def restore_season(self, sensor_id: str, bucket: int, doc: dict[str, Any]) -> None:
+        """Load one season bucket of a sensor written by :meth:`state_docs`."""
+        self.features[doc["k"]].restore_season(sensor_id, bucket, doc["v"])
+
+    def forget(self) -> None:
+        """Drop all per-series state (after a rebalance: the owned partitions restore it from the table)."""
+        self.features = {k: FeatureState() for k in KINDS}
+        self._streak.clear()

@@ -169,14 +169,18 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
                     await zone_partials.send(key=b"", value=body, partition=zp)
             else:
                 await zone_partials.send(key=msg["zone"].encode(), value=orjson.dumps(msg))
-        # State of sensors whose windows closed in this batch, and each watermark, goes to the
-        # changelog now: a crash must not re-close (and re-emit) what was emitted. The rest waits
-        # for the next offset commit (flush_state), latest document per sensor.
+        # State of sensors whose windows closed in this batch, the scorer state of those closures
+        # (written before the window state, see Pipeline._close) and each watermark go to the
+        # changelog now: a crash must not re-close (and re-emit) what was emitted, nor keep a closed
+        # window without the baselines that scored it. The rest waits for the next offset commit
+        # (flush_state), latest document per sensor.
+        from streams.pipeline import SCORER_KEY_PREFIXES
+
         closed = {agg["sensor_id"] for agg in out.aggregates}
         data = table.data
         for partition, key, value in out.state:
             data[key] = value
-            if key in closed or key == WATERMARK_KEY.format(partition=partition):
+            if key in closed or key == WATERMARK_KEY.format(partition=partition) or key.startswith(SCORER_KEY_PREFIXES):
                 pending_state.pop(key, None)
                 await persist(table, partition, key, value)
             else:

@@ -22,6 +22,13 @@ from streams.schema import MAX_PAYLOAD_BYTES, ReadingRows, parse_batch
 logger = logging.getLogger(__name__)
 
 WATERMARK_KEY = "__watermark__:{partition}"
+#: Table keys of the anomaly scorer's state of a sensor: its baselines, and one per hour-of-week
+#: season bucket (see :meth:`Pipeline._close`). A sensor id starts with a letter or a digit, so
+#: neither collides with one.
+SCORER_KEY = "__f__:{sensor_id}"
+SEASON_KEY = "__fs__:{sensor_id}:{bucket}"
+#: What the scorer's keys start with (:func:`str.startswith` takes the tuple).
+SCORER_KEY_PREFIXES = ("__f__:", "__fs__:")
 CARDINALITY_RULE = "cardinality_limit"
 
 
@@ -46,7 +53,8 @@ class Output:
     late: list[tuple[Record, Late]] = field(default_factory=list)
     #: Table writes: ``(partition, key, value)``; a value is a JSON document, a sensor's possibly
     #: already encoded (an ``orjson.Fragment``: the table's orjson serializer writes it as is, and
-    #: :func:`streams.engine.decoded` gives the dict).
+    #: :func:`streams.engine.decoded` gives the dict). With a scorer, a closure's scorer state
+    #: (:data:`SCORER_KEY`, :data:`SEASON_KEY`) comes before the window state of its sensors.
     state: list[tuple[int, str, Any]] = field(default_factory=list)
     #: Zone partials and watermark markers for the zone roll-up stage.
     zone_msgs: list[dict[str, Any]] = field(default_factory=list)
@@ -97,30 +105,51 @@ class Pipeline:
     def forget(self) -> None:
         """Drop in-memory state (after a rebalance); it is restored lazily from the table."""
         self.partitions.clear()
+        if self.scorer is not None:
+            self.scorer.forget()
 
     def partition(self, partition: int, table: Iterable[tuple[str, Any]] = ()) -> PartitionWindows:
-        """The state of ``partition``, restored from ``table`` items on first use."""
+        """The state of ``partition``, restored from ``table`` items on first use.
+
+        The scorer's documents (:data:`SCORER_KEY`, :data:`SEASON_KEY`) go to the scorer, or are
+        skipped without one; a table written before they existed restores a cold scorer.
+        """
         pw = self.partitions.get(partition)
         if pw is None:
             pw = self.partitions[partition] = PartitionWindows(self.spec, partition)
             wm_key = WATERMARK_KEY.format(partition=partition)
+            n_scorer = 0
             for key, item in table:
                 value = decoded(item)  # this worker's own writes may still be encoded
                 if not isinstance(value, dict) or value.get("p") != partition:
                     continue
                 if key == wm_key:
                     pw.restore_watermark(int(value["max_ts_ms"]))
+                elif key.startswith(SCORER_KEY_PREFIXES):
+                    if self.scorer is not None:
+                        self._restore_scorer(key, value)
+                        n_scorer += 1
                 else:
                     pw.restore(key, value)
             if pw.sensors:
                 logger.info(
-                    "restored window state partition=%d sensors=%d open_windows=%d watermark_ms=%d",
+                    "restored window state partition=%d sensors=%d open_windows=%d watermark_ms=%d scorer_docs=%d",
                     partition,
                     len(pw.sensors),
                     pw.open_windows,
                     pw.watermark_ms,
+                    n_scorer,
                 )
         return pw
+
+    def _restore_scorer(self, key: str, doc: dict[str, Any]) -> None:
+        """Hand one scorer document of the table to the scorer (keys: :data:`SCORER_KEY`, :data:`SEASON_KEY`)."""
+        series, season = SCORER_KEY_PREFIXES
+        if key.startswith(series):
+            self.scorer.restore_series(key.removeprefix(series), doc)
+        else:
+            sensor_id, _, bucket = key.removeprefix(season).rpartition(":")  # a sensor id may hold ':'
+            self.scorer.restore_season(sensor_id, int(bucket), doc)
 
     def process(
         self,
@@ -309,8 +338,18 @@ class Pipeline:
         early = pw.early_records()
         if early:
             out.aggregates.extend(early)
+        p = pw.partition
         if closed and self.scorer is not None:
             self.scorer.score(closed)
+            # The scorer's state goes before the window state it belongs to: both are written at
+            # once (streams.agents.emit), to the same changelog partition and in this order, so a
+            # window state that made it to the changelog implies the baselines that scored it did.
+            for sid, bucket, doc in self.scorer.state_docs(closed):
+                if bucket is None:
+                    key = SCORER_KEY.format(sensor_id=sid)
+                else:
+                    key = SEASON_KEY.format(sensor_id=sid, bucket=bucket)
+                out.state.append((p, key, {"p": p, **doc}))
         if closed:
             out.aggregates.extend(closed)
             self.counters.aggregates += len(closed)
@@ -319,7 +358,6 @@ class Pipeline:
                 if alerts:
                     out.alerts.extend(alerts)
                     self.counters.alerts += len(alerts)
-        p = pw.partition
         docs = pw.take_dirty(encoded=True)
         out.state.extend(zip(repeat(p), docs, docs.values()))
         out.state.append((p, WATERMARK_KEY.format(partition=p), {"p": p, "max_ts_ms": pw.max_ts_ms}))
