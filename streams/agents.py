@@ -30,7 +30,7 @@ from streams.deadletter import dead_letter
 from streams.engine import WindowDef, WindowSpec
 from streams.errors import InvalidReading, SinkError
 from streams.metrics import register_metrics
-from streams.pipeline import WATERMARK_KEY, Output, Pipeline, Record
+from streams.pipeline import SCORER_KEY_PREFIXES, WATERMARK_KEY, Output, Pipeline, Record
 from streams.schema import parse_reading
 from streams.settings import Settings
 from streams.zones import ZoneRollup
@@ -174,8 +174,6 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
         # changelog now: a crash must not re-close (and re-emit) what was emitted, nor keep a closed
         # window without the baselines that scored it. The rest waits for the next offset commit
         # (flush_state), latest document per sensor.
-        from streams.pipeline import SCORER_KEY_PREFIXES
-
         closed = {agg["sensor_id"] for agg in out.aggregates}
         data = table.data
         for partition, key, value in out.state:
@@ -192,7 +190,14 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
             return
         items = list(pending_state.items())
         pending_state.clear()
+        data = table.data
         for i, (key, (partition, value)) in enumerate(items):
+            # Write the sensor's current document, not the snapshot taken above: each write yields,
+            # and meanwhile emit may have written a newer one (a window closed). Writing the stale
+            # snapshot after it would leave the changelog behind the committed offsets (a restart
+            # would re-close that window with only the readings of the snapshot). A newer document
+            # than the offsets being committed is safe: replayed readings are recognised by offset.
+            value = data.get(key, value)
             try:
                 await persist(table, partition, key, value)
             except BaseException:  # the commit fails with it; keep what was not written (or is newer)
