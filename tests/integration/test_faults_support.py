@@ -213,8 +213,9 @@ def readings_in_windows(windows: dict[tuple[str, str, int], dict]) -> int:
     return sum(best.values())
 
 
-#: Fields of an aggregate record that come from the anomaly scorer, whose baselines live in the
-#: worker's memory (not in the changelog): a window re-emitted by another worker may score differently.
+#: Fields of an aggregate record that come from the anomaly scorer: its baselines are restored from
+#: the changelog with the window state, but a re-emitted window may close with fewer of its zone
+#: peers than the first time (the ``zone_z`` feature), so it may score differently.
 SCORE_FIELDS = ("score", "model_version", "top_features")
 
 
