@@ -26,8 +26,20 @@ demo: install
 lint: install
 	$(PY) -m ruff check streams connectors models alerting simulators tests benchmarks
 
+# With no PYTEST_ARGS, two pytest processes at once: the integration tests (one at a time, as they
+# must: each starts its own broker and workers) and, beside them, the CPU-bound unit tests, whose
+# report follows. With PYTEST_ARGS (a subset, e.g. -m faults), one serial pytest run.
 test: install system-deps
+ifeq ($(strip $(PYTEST_ARGS)),)
+	@rm -f .unit-tests.log; \
+	CI=$${CI:-true} $(PY) -m pytest -q -m 'not integration' >.unit-tests.log 2>&1 & unit=$$!; \
+	CI=$${CI:-true} $(PY) -m pytest -q -m integration; irc=$$?; \
+	wait $$unit; urc=$$?; \
+	echo "== unit tests (ran beside the integration tests) =="; cat .unit-tests.log; rm -f .unit-tests.log; \
+	echo "integration rc=$$irc unit rc=$$urc"; test $$irc -eq 0 -a $$urc -eq 0
+else
 	CI=$${CI:-true} $(PY) -m pytest -q $(PYTEST_ARGS)
+endif
 
 # Retrain the shipped per-kind models (deterministic: fixed seeds, simulated data).
 models: install
