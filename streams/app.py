@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
 from typing import Any
 
 import faust
 
 from streams.settings import DEFAULT_SASL_MECHANISM, KafkaSettings, Settings
+
+logger = logging.getLogger(__name__)
 
 
 def broker_credentials(kafka: KafkaSettings) -> faust.auth.Credentials | None:
@@ -111,6 +114,137 @@ def flush_before_commit() -> None:
     Consumer._commit_offsets = _commit_offsets  # type: ignore[method-assign]  # noqa: SLF001
 
 
+def deliver_without_gaps() -> None:  # noqa: C901 - one wrapper, kept next to what it wraps
+    """Make Faust's consumer hand each agent partition's records over without holes.
+
+    Faust fetches a batch of records, then hands them to the agents one by one, and drops the
+    rest of the batch when the flow stops (recovery, rebalance), when the consumer generation
+    changes, or when a partition is not active yet; a delivery that is still waiting when the flow
+    stops is cancelled but counted as read. It relies on seeking back to the committed offsets
+    afterwards, which does nothing for a partition without a committed offset (a new group's
+    sink topics), and a later record then shows up as a *gap*, which Faust treats as committable
+    (it is meant for compacted topics and transaction markers; ours have neither). In
+    ``tests/integration/test_recovery.py`` that lost a restarted worker 2-40 aggregates per
+    partition on their way to the store, and readings that the windows had not counted.
+
+    With this wrapper, for every partition of an agent's source topic, the next record handed
+    over must be the one after the last one delivered: a record past it, or records of a batch
+    that were fetched but not delivered, make the consumer seek back to the first missing offset
+    and read them again (at-least-once: the agents already recognise redelivered records).
+    Installed once per process; changelog partitions (Faust's table recovery) are left alone.
+    """
+    from faust.transport.consumer import Consumer
+
+    original_getmany = Consumer.getmany
+    if getattr(original_getmany, "urbansense_hooked", False):
+        return
+    original_wait = Consumer._wait_next_records  # noqa: SLF001
+    original_perform_seek = Consumer.perform_seek
+    original_seek = Consumer.seek
+    original_revoked = Consumer.on_partitions_revoked
+
+    def next_offsets(self: Any) -> dict[Any, int]:
+        return self.__dict__.setdefault("_urbansense_next", {})
+
+    async def rewind(self: Any, tp: Any, offset: int, why: str) -> None:
+        if tp not in self.assignment():
+            next_offsets(self).pop(tp, None)
+            return
+        logger.warning(
+            "consumer rewinds topic=%s partition=%d offset=%d reason=%s", tp.topic, tp.partition, offset, why
+        )
+        await self.seek(tp, offset)
+
+    async def _wait_next_records(self: Any, timeout: float) -> Any:
+        records, active = await original_wait(self, timeout)
+        self._urbansense_fetched = records
+        return records, active
+
+    async def getmany(self: Any, timeout: float) -> Any:
+        self._urbansense_fetched = None
+        expected = next_offsets(self)
+        acking = self.app.topics.acks_enabled_for
+        delivered: dict[Any, int] = {}
+        rewound: set[Any] = set()
+        try:
+            async for tp, message in original_getmany(self, timeout):
+                if tp in rewound:
+                    continue
+                if not acking(tp.topic):
+                    yield tp, message
+                    continue
+                want = expected.get(tp)
+                if want is not None and message.offset > want:
+                    rewound.add(tp)
+                    await rewind(self, tp, want, f"records {want}..{message.offset - 1} were not delivered")
+                    continue
+                yield tp, message
+                if self.flow_active and not self.suspend_flow.is_set():
+                    expected[tp] = delivered[tp] = max(want or 0, message.offset + 1)
+                else:  # the flow stopped while it was being delivered: it, and what the agents'
+                    # queues held, may have been dropped; go back to what no agent acknowledged
+                    rewound.add(tp)
+                    await rewind(self, tp, safe_point(self, tp, message.offset), "flow stopped during delivery")
+        finally:
+            fetched = self._urbansense_fetched or {}
+            self._urbansense_fetched = None
+            for tp, records in fetched.items():
+                if tp in rewound or not records or not acking(tp.topic):
+                    continue
+                upto = delivered.get(tp, expected.get(tp))
+                missing = [r.offset for r in records if upto is None or r.offset >= upto]
+                if missing:
+                    first = min(missing)
+                    if upto is not None and first > upto:
+                        first = upto
+                    await rewind(self, tp, first, f"{len(missing)} fetched records were not delivered")
+
+    def first_unacked(self: Any, tp: Any) -> int:
+        acked = self._acked_index.get(tp) or ()  # noqa: SLF001 - acked, not yet committed
+        offset = 0
+        while offset in acked:
+            offset += 1
+        return offset
+
+    def safe_point(self: Any, tp: Any, offset: int) -> int:
+        committed = self._committed_offset.get(tp)  # noqa: SLF001
+        return min(offset, committed if committed is not None else first_unacked(self, tp))
+
+    async def perform_seek(self: Any) -> None:
+        await original_perform_seek(self)
+        expected = next_offsets(self)
+        assigned = self.assignment()
+        for tp in list(expected):
+            if tp not in assigned:
+                del expected[tp]
+                continue
+            committed = self._committed_offset.get(tp)  # noqa: SLF001
+            if committed is not None:  # Faust sought there: read on from it
+                expected[tp] = committed
+            else:
+                # No committed offset, so Faust did not seek. Records handed to the agents'
+                # queues but not taken were dropped with them (a recovery clears the queues):
+                # go back to the first record no agent has acknowledged.
+                await rewind(self, tp, first_unacked(self, tp), "no committed offset to seek back to")
+
+    async def seek(self: Any, partition: Any, offset: int) -> None:
+        await original_seek(self, partition, offset)
+        next_offsets(self)[partition] = offset
+
+    async def on_partitions_revoked(self: Any, revoked: Any) -> None:
+        expected = next_offsets(self)
+        for tp in revoked:
+            expected.pop(tp, None)
+        await original_revoked(self, revoked)
+
+    getmany.urbansense_hooked = True  # type: ignore[attr-defined]
+    Consumer._wait_next_records = _wait_next_records  # type: ignore[method-assign]  # noqa: SLF001
+    Consumer.getmany = getmany  # type: ignore[method-assign]
+    Consumer.perform_seek = perform_seek  # type: ignore[method-assign]
+    Consumer.seek = seek  # type: ignore[method-assign]
+    Consumer.on_partitions_revoked = on_partitions_revoked  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings, **overrides: Any) -> faust.App:
     """A configured Faust app with the UrbanSense agents, tables and web views attached."""
     from streams.agents import attach  # agents need the app; keep the import local
@@ -150,6 +284,7 @@ def create_app(settings: Settings, **overrides: Any) -> faust.App:
 
         verify_end_offsets(client_config(k))
     flush_before_commit()
+    deliver_without_gaps()
     app = faust.App(settings.app_id, **conf)
     attach(app, settings)
     return app
