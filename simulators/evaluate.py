@@ -303,6 +303,7 @@ def offline_aggregates(
     partitions: int = 4,
     scorer: Any = None,
     batch: int = 2000,
+    max_ahead_ms: int = 60_000,
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Closed window aggregates of ``plan``, as the worker's windows stage produces them.
 
@@ -319,6 +320,7 @@ def offline_aggregates(
         partitions: readings topic partitions.
         scorer: a :class:`~models.stream.StreamScorer` (anomaly scores), or None.
         batch: records per micro-batch (the worker takes up to 2000).
+        max_ahead_ms: the worker's guard against a clock running ahead (0: off).
 
     Returns:
         The aggregates (in closing order) and the pipeline's counters.
@@ -327,7 +329,8 @@ def offline_aggregates(
     from streams.engine import WindowSpec
     from streams.pipeline import Pipeline, Record
 
-    pipeline = Pipeline(WindowSpec(window_ms, allowed_lateness_ms, 0, 30_000, ()), (), zones=False, scorer=scorer)
+    spec = WindowSpec(window_ms, allowed_lateness_ms, 0, 30_000, (), max_ahead_ms=max_ahead_ms)
+    pipeline = Pipeline(spec, (), zones=False, scorer=scorer)
     now_ms = plan.end_ms + 86_400_000  # a wall clock after the (past) feed, as in a replay
     part: dict[bytes, int] = {}
     offsets = [0] * partitions
@@ -367,6 +370,8 @@ def offline_aggregates(
         "duplicates": c.duplicates,
         "dead_letters": c.dead_letters,
         "aggregates": c.aggregates,
+        "held_ahead": c.held_ahead,
+        "refused_ahead": c.refused_ahead,
     }
     return out, counters
 
@@ -422,6 +427,7 @@ def evaluate_offline(
     models_dir: str | Path | None = None,
     aggregates: Sequence[Mapping[str, Any]] | None = None,
     source_lag_ms: Mapping[int, int] | None = None,
+    max_ahead_ms: int = 60_000,
 ) -> dict[str, Any]:
     """Run ``scenario`` through the worker's cores in-process and score the alerts (no broker).
 
@@ -441,6 +447,7 @@ def evaluate_offline(
         aggregates: closed aggregates from an earlier :func:`offline_aggregates` of the same
             scenario and window (skips the readings stage; for trying rules quickly).
         source_lag_ms: deliver source partitions this late (see :func:`offline_alerts`).
+        max_ahead_ms: the worker's guard against a clock running ahead (0: off).
 
     Returns:
         :func:`score_alerts`'s report plus ``scenario``, ``mode`` (``"offline"``), the
@@ -466,7 +473,12 @@ def evaluate_offline(
             root = Path(models_dir) if models_dir is not None else Path(models_pkg.__file__).parent / "artifacts"
             scorer = StreamScorer.from_folder(root, size_ms=window_ms)
         aggregates, counters = offline_aggregates(
-            plan, window_ms=window_ms, allowed_lateness_ms=allowed_lateness_ms, partitions=partitions, scorer=scorer
+            plan,
+            window_ms=window_ms,
+            allowed_lateness_ms=allowed_lateness_ms,
+            partitions=partitions,
+            scorer=scorer,
+            max_ahead_ms=max_ahead_ms,
         )
     records = offline_alerts(aggregates, rules, source_lag_ms=source_lag_ms)
     report = score_alerts(plan.truth(), records, window_ms)
@@ -487,7 +499,8 @@ def evaluate_offline(
 def evaluate_offline_with(
     settings: Any, scenario: Any = "default", source_lag_ms: Mapping[int, int] | None = None
 ) -> dict[str, Any]:
-    """:func:`evaluate_offline` with the worker's settings: rules file, window, lateness, partitions, models."""
+    """:func:`evaluate_offline` with the worker's settings: rules file, window, lateness, ahead guard,
+    partitions, models."""
     return evaluate_offline(
         scenario,
         settings.alerting.rules_file,
@@ -497,6 +510,7 @@ def evaluate_offline_with(
         models=settings.models.enabled,
         models_dir=settings.models.dir,
         source_lag_ms=source_lag_ms,
+        max_ahead_ms=settings.window.max_ahead_ms,
     )
 
 
@@ -667,6 +681,7 @@ def run_evaluation(
             "URBAN_KAFKA__SESSION_TIMEOUT_MS": "6000",
             "URBAN_WINDOW__SIZE_MS": str(window_ms),
             "URBAN_WINDOW__ALLOWED_LATENESS_MS": str(settings.window.allowed_lateness_ms),
+            "URBAN_WINDOW__MAX_AHEAD_MS": str(settings.window.max_ahead_ms),
             # Idle flush: a partition silent this long (wall time) jumps its watermark to the wall
             # clock, which makes the rest of a past feed late. A loaded worker pauses partitions
             # for seconds, so keep it out of the way; the end is flushed by _publish_end_marks.

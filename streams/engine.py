@@ -1,15 +1,32 @@
 """Event-time windows with a per-partition watermark (pure, deterministic).
 
 One :class:`PartitionWindows` holds the open windows of one input partition for every configured
-window definition (tumbling or hopping, see :class:`WindowDef`). The watermark is the largest event
-time seen minus ``allowed_lateness_ms``; a window ``[start, end)`` closes, emitting exactly one final
-aggregate per (sensor, metric), once the watermark reaches ``end + grace_ms``. A reading whose
-windows have all closed is *late*: it is returned to the caller to route to the late-readings topic
-and never reopens a window.
+window definition (tumbling or hopping, see :class:`WindowDef`). The watermark is the partition's
+event-time *frontier* minus ``allowed_lateness_ms``; a window ``[start, end)`` closes, emitting
+exactly one final aggregate per (sensor, metric), once the watermark reaches ``end + grace_ms``. A
+reading whose windows have all closed is *late*: it is returned to the caller to route to the
+late-readings topic and never reopens a window.
 
-Readings are applied in micro-batches with numpy (:mod:`streams.panes`); lateness is decided per
-reading against the watermark as it stood when that reading arrived, so results do not depend on
-batch boundaries.
+The frontier is the largest event time seen, except that one sensor alone cannot move it far: each
+reading, in arrival order (redelivered ones included), with ``F`` the frontier before it and
+``M = max_ahead_ms``:
+
+* ``F`` unset, ``M == 0`` or ``ts <= F + M``: ``F = max(F, ts)``, and the sensor is no longer ahead;
+* otherwise the reading is *ahead*: ``ahead[sensor] = max(ahead[sensor], ts)``; when ``ahead``
+  holds ``q = min(2, sensors seen)`` sensors (this one included), ``F`` becomes the ``q``-th
+  largest of their times if that is later. So a second sensor corroborates a jump (a feed back
+  after a gap), and a partition that only ever saw one sensor follows it as the plain maximum;
+* then sensors whose time is within ``F + M`` leave ``ahead`` (at most one stays).
+
+A reading still more than ``M`` ahead of ``F`` after that is *held*: it is windowed as usual and
+its windows close when the frontier reaches them. One held further than ``ahead_horizon_ms`` ahead
+is not windowed (its windows would stay open without bound) and is returned as :class:`Ahead`
+for the caller to dead-letter. Lateness is checked against ``F`` as it stood before each reading.
+
+Readings are applied in micro-batches with numpy (:mod:`streams.panes`); the frontier before each
+reading is a running maximum unless a reading of the batch is more than ``M`` ahead of it (then
+the rule above runs row by row), and lateness is decided per reading against the watermark as it
+stood when that reading arrived, so results do not depend on batch boundaries.
 
 Recovery: each sensor's state carries the offset of the last source record applied to it, so a
 record redelivered after a crash is recognised and skipped (reported as a duplicate). Together with
@@ -21,7 +38,7 @@ from __future__ import annotations
 
 import binascii
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import attrgetter
@@ -118,10 +135,21 @@ class WindowSpec:
     extra: tuple[WindowDef, ...] = ()
     #: Also emit provisional results of open tumbling/hopping windows after each micro-batch.
     early_updates: bool = False
+    #: A reading further than this ahead of the frontier moves it only once a second sensor is that
+    #: far ahead too (see the module docstring); 0: every reading moves it (the plain maximum).
+    max_ahead_ms: int = 60_000
+    #: A held reading further than this ahead of the frontier is refused (:class:`Ahead`), not windowed.
+    ahead_horizon_ms: int = 3_600_000
 
     def __post_init__(self) -> None:
         if self.size_ms <= 0 or self.allowed_lateness_ms < 0 or self.grace_ms < 0 or self.idle_timeout_ms <= 0:
             msg = f"window spec: sizes must be positive and lateness/grace non-negative, got {self}"
+            raise ValueError(msg)
+        if self.max_ahead_ms < 0 or self.ahead_horizon_ms < self.max_ahead_ms:
+            msg = (
+                "window spec: expected 0 <= max_ahead_ms <= ahead_horizon_ms, "
+                f"got {self.max_ahead_ms} and {self.ahead_horizon_ms} ms"
+            )
             raise ValueError(msg)
 
     @property
@@ -138,6 +166,16 @@ class Late:
     watermark_ms: int
     window_start_ms: int
     late_by_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ahead:
+    """A reading refused for being further than ``ahead_horizon_ms`` ahead of the frontier, with no
+    other sensor that far ahead: a clock far off. It is not windowed."""
+
+    reading: Reading
+    frontier_ms: int
+    ahead_by_ms: int
 
 
 @dataclass(slots=True)
@@ -169,7 +207,14 @@ class PartitionWindows:
     def __init__(self, spec: WindowSpec, partition: int = 0) -> None:
         self.spec = spec
         self.partition = partition
+        #: The event-time frontier (the largest event time seen, but for readings held ahead).
         self.max_ts_ms = NO_WATERMARK
+        #: Sensor -> its latest time while more than ``max_ahead_ms`` ahead of the frontier (at most one).
+        self.ahead: dict[str, int] = {}
+        #: Readings held ahead (windowed without moving the frontier), refused ones included.
+        self.held_ahead = 0
+        #: Readings refused as further than ``ahead_horizon_ms`` ahead (:class:`Ahead`).
+        self.refused_ahead = 0
         self.sensors: dict[str, SensorMeta] = {}
         self.slot_sensor: list[str] = []
         self.slot_metric: list[str] = []
@@ -189,17 +234,98 @@ class PartitionWindows:
     # -- watermark --------------------------------------------------------------------------
     @property
     def watermark_ms(self) -> int:
-        """Largest event time seen minus the allowed lateness."""
+        """The event-time frontier minus the allowed lateness."""
         if self.max_ts_ms == NO_WATERMARK:
             return NO_WATERMARK
         return self.max_ts_ms - self.spec.allowed_lateness_ms
 
-    def restore_watermark(self, max_ts_ms: int) -> None:
-        """Load the partition's watermark position (from a table)."""
+    def sensors_ahead(self) -> dict[str, int]:
+        """Sensors whose latest reading is held ahead of the frontier, and by how many milliseconds."""
+        return {sid: t - self.max_ts_ms for sid, t in self.ahead.items()}
+
+    def restore_watermark(self, max_ts_ms: int, ahead: dict[str, int] | None = None) -> None:
+        """Load the partition's frontier and the sensors ahead of it (from a table)."""
         self.max_ts_ms = max(self.max_ts_ms, max_ts_ms)
+        for sid, t in (ahead or {}).items():
+            if int(t) > self.ahead.get(sid, NO_WATERMARK):
+                self.ahead[sid] = int(t)
+        self._caught_up()
         for store in self.stores:  # every window ending by the watermark was emitted
             if isinstance(store, PaneStore):
                 store.closed_end = max(store.closed_end, self.watermark_ms - self.spec.grace_ms)
+
+    def _caught_up(self) -> None:
+        """Drop the sensors the frontier has caught up with (all of them when the guard is off)."""
+        if self.ahead:
+            reach = self.max_ts_ms + self.spec.max_ahead_ms if self.spec.max_ahead_ms else None
+            for sid in [sid for sid, t in self.ahead.items() if reach is None or t <= reach]:
+                del self.ahead[sid]
+
+    def _advance(
+        self, ts: np.ndarray, ids: Callable[[], Sequence[str]]
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Move the frontier over rows ``ts`` (sensor ids from ``ids()``) in arrival order.
+
+        Returns the frontier before each row and after the last (``n + 1`` values), then the rows
+        held ahead and the rows refused, or None twice when no row is more than ``max_ahead_ms``
+        ahead of the running maximum: the rule then is that maximum (vectorised).
+        """
+        front = np.maximum.accumulate(np.r_[np.int64(self.max_ts_ms), ts])
+        m = self.spec.max_ahead_ms
+        if m:
+            before = front[:-1]
+            if ((ts > before + m) & (before != NO_WATERMARK)).any():
+                return self._advance_rows(ts, ids())
+            if self.ahead:  # a sensor ahead that reported in step is no longer ahead
+                for sid in set(ids()).intersection(self.ahead):
+                    del self.ahead[sid]
+        self.max_ts_ms = int(front[-1])
+        self._caught_up()
+        return front, None, None
+
+    def _advance_rows(self, ts: np.ndarray, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`_advance` row by row: the rule of the module docstring."""
+        m, horizon = self.spec.max_ahead_ms, self.spec.ahead_horizon_ms
+        ahead = self.ahead
+        f = self.max_ts_ms
+        # sensors seen, while fewer than two (a single-sensor partition follows the plain maximum)
+        seen = None if len(self.sensors) >= 2 else set(self.sensors)
+        front = np.empty(len(ts) + 1, dtype=np.int64)
+        held = np.zeros(len(ts), dtype=bool)
+        refused = np.zeros(len(ts), dtype=bool)
+        for k, (t, sid) in enumerate(zip(ts.tolist(), ids, strict=True)):
+            front[k] = f
+            if seen is not None:
+                seen.add(sid)
+                if len(seen) >= 2:
+                    seen = None
+            if f == NO_WATERMARK or t <= f + m:
+                ahead.pop(sid, None)
+                if t > f:
+                    f = t
+                    if ahead:
+                        self.max_ts_ms = f
+                        self._caught_up()
+                continue
+            if t > ahead.get(sid, NO_WATERMARK):
+                ahead[sid] = t
+            q = 1 if seen is not None else 2
+            if len(ahead) >= q:
+                t_q = sorted(ahead.values(), reverse=True)[q - 1]
+                if t_q > f:
+                    f = self.max_ts_ms = t_q
+                    self._caught_up()
+            if t > f + m:
+                held[k] = True
+                refused[k] = t > f + horizon
+        front[-1] = self.max_ts_ms = f
+        return front, held, refused
+
+    def _wm(self, front: np.ndarray) -> np.ndarray:
+        """Watermarks of frontier values."""
+        wm = front - self.spec.allowed_lateness_ms
+        wm[front == NO_WATERMARK] = NO_WATERMARK
+        return wm
 
     # -- slots ------------------------------------------------------------------------------
     def _meta(self, r: Reading) -> SensorMeta:
@@ -225,31 +351,30 @@ class PartitionWindows:
         return slot
 
     # -- input ------------------------------------------------------------------------------
-    def add(self, reading: Reading, offset: int = -1, now_ms: int | None = None) -> Late | str | None:
-        """Apply one reading. Returns a :class:`Late`, :data:`DUPLICATE`, or ``None`` when counted."""
+    def add(self, reading: Reading, offset: int = -1, now_ms: int | None = None) -> Late | Ahead | str | None:
+        """Apply one reading: a :class:`Late`, an :class:`Ahead`, :data:`DUPLICATE`, or ``None`` when counted."""
         return self.add_batch([reading], [offset], now_ms)[0]
 
     def add_batch(
         self, readings: Sequence[Reading], offsets: Sequence[int], now_ms: int | None = None
-    ) -> list[Late | str | None]:
+    ) -> list[Late | Ahead | str | None]:
         """Apply a micro-batch in arrival order; one outcome per reading (as :meth:`add`)."""
         return self.add_rows(ReadingRows.of(readings), offsets, now_ms)
 
     def add_rows(  # noqa: C901 - the per-reading loop is kept in one place
         self, rows: ReadingRows, offsets: Sequence[int], now_ms: int | None = None
-    ) -> list[Late | str | None]:
+    ) -> list[Late | Ahead | str | None]:
         """:meth:`add_batch` of parsed columns (:func:`streams.schema.parse_batch`); ``offsets[k]`` is row k's."""
         n = len(rows)
-        out: list[Late | str | None] = [None] * n
+        out: list[Late | Ahead | str | None] = [None] * n
         if n == 0:
             return out
         if now_ms is not None:
             self._last_input_ms = now_ms
         ts = np.array(rows.ts_ms, dtype=np.int64)
-        # watermark as it stood before each reading
-        run_max = np.maximum.accumulate(np.r_[self.max_ts_ms, ts])
-        wm_before = run_max[:-1] - self.spec.allowed_lateness_ms
-        wm_before[run_max[:-1] == NO_WATERMARK] = NO_WATERMARK
+        # the frontier before each reading and after the last; watermarks before and after each
+        front, held, refused = self._advance(ts, lambda: [x[0] for x in rows.ident])
+        wm_before, wm_after = self._wm(front[:-1]), self._wm(front[1:])
         late_any = np.zeros(n, dtype=bool)
         per_store_ok = []
         for store in self.stores:
@@ -260,7 +385,10 @@ class PartitionWindows:
                 late = np.zeros(n, dtype=bool)
             per_store_ok.append(~late)
         any_late = bool(late_any.any())
-        # all-late readings create no slots (as duplicates)
+        if refused is not None and refused.any():  # not windowed either
+            per_store_ok = [okk & ~refused for okk in per_store_ok]
+            any_late = True
+        # all-late (and refused) readings create no slots (as duplicates)
         skip = (~np.logical_or.reduce(per_store_ok)).tolist() if any_late else None
         # duplicates (redelivered after a restart) and each row's slots
         sensors = self.sensors
@@ -299,6 +427,11 @@ class PartitionWindows:
                 wm = int(wm_before[i])
                 first_late = next(s for s, okk in zip(self.stores, per_store_ok, strict=True) if not okk[i])
                 out[i] = Late(rows.reading(i), wm, int(ts[i] - ts[i] % first_late.hop_ms), wm - int(ts[i]))
+        if held is not None and refused is not None:
+            self.held_ahead += int((held & ok).sum())
+            for i in np.flatnonzero(refused & ok).tolist():
+                out[i] = Ahead(rows.reading(i), int(front[i + 1]), int(ts[i] - front[i + 1]))
+                self.refused_ahead += 1
         lens = np.fromiter(map(len, chunks), dtype=np.int64, count=n)
         total = int(lens.sum())
         if total:
@@ -313,23 +446,29 @@ class PartitionWindows:
                 else:
                     s_, r_, v_ = slot_a[keep], row_a[keep], val_a[keep]
                 if isinstance(store, PaneStore):
-                    self._feed(si, s_, ts[r_], v_, wm_before[r_])
+                    self._feed(si, s_, ts[r_], v_, wm_before[r_], wm_after[r_])
                     continue
                 late_rows = store.add(s_, ts[r_], v_, wm_before[r_])
                 for i in np.unique(r_[late_rows]).tolist():
                     if out[i] is None:
                         wm = int(wm_before[i])
                         out[i] = Late(rows.reading(i), wm, int(ts[i]), wm - int(ts[i]))
-        self.max_ts_ms = max(self.max_ts_ms, int(ts.max()))
         return out
 
     def add_columns(self, slot: np.ndarray, ts: np.ndarray, val: np.ndarray) -> int:
         """Fast path for pre-registered slots (benchmarks, replays): returns the number of late values.
 
-        Rows are (slot, event time, value) in arrival order; no offsets, no duplicate check.
+        Rows are (slot, event time, value) in arrival order; no offsets, no duplicate check. Rows
+        refused as too far ahead (see the module docstring) are counted in :attr:`refused_ahead`.
         """
-        run_max = np.maximum.accumulate(np.r_[self.max_ts_ms, ts])
-        wm_before = run_max[:-1] - self.spec.allowed_lateness_ms
+        front, held, refused = self._advance(ts, lambda: self._owners(slot))
+        wm_before, wm_after = self._wm(front[:-1]), self._wm(front[1:])
+        if held is not None and refused is not None:
+            self.held_ahead += int(held.sum())
+            self.refused_ahead += int(refused.sum())
+            if refused.any():
+                take = ~refused
+                slot, ts, val, wm_before, wm_after = slot[take], ts[take], val[take], wm_before[take], wm_after[take]
         late_n = 0
         for si, store in enumerate(self.stores):
             if not isinstance(store, PaneStore):
@@ -337,12 +476,17 @@ class PartitionWindows:
                 continue
             keep = store.last_window_end(ts) + self.spec.grace_ms > wm_before
             late_n = max(late_n, int((~keep).sum()))
-            self._feed(si, slot[keep], ts[keep], val[keep], wm_before[keep])
-        if len(ts):
-            self.max_ts_ms = max(self.max_ts_ms, int(ts.max()))
+            self._feed(si, slot[keep], ts[keep], val[keep], wm_before[keep], wm_after[keep])
         return late_n
 
-    def _feed(self, si: int, slot: np.ndarray, ts: np.ndarray, val: np.ndarray, wm_before: np.ndarray) -> None:
+    def _owners(self, slot: np.ndarray) -> list[str]:
+        """The sensor id of each slot."""
+        names = list(self.sensors)
+        return [names[i] for i in np.asarray(self._slot_owner, dtype=np.int64)[slot].tolist()]
+
+    def _feed(
+        self, si: int, slot: np.ndarray, ts: np.ndarray, val: np.ndarray, wm_before: np.ndarray, wm_after: np.ndarray
+    ) -> None:
         """Add to store ``si`` in segments, closing windows between them exactly when the per-reading
         watermark passes their end (hopping windows share panes, so a window must be emitted before
         a reading that is late for it, but not for a later window, lands in a shared pane)."""
@@ -353,29 +497,37 @@ class PartitionWindows:
             lo = 0
             for cut in [*cuts.tolist(), len(slot)]:
                 self._pending[si].append(store.close(int(wm_before[lo])))
-                self._feed_ring(si, slot[lo:cut], ts[lo:cut], val[lo:cut])
+                self._feed_ring(si, slot[lo:cut], ts[lo:cut], val[lo:cut], wm_before[lo:cut], wm_after[lo:cut])
                 lo = cut
             self._pending[si] = [c for c in self._pending[si] if c is not None and len(c)]
             return
-        self._feed_ring(si, slot, ts, val)
+        self._feed_ring(si, slot, ts, val, wm_before, wm_after)
 
-    def _feed_ring(self, si: int, slot: np.ndarray, ts: np.ndarray, val: np.ndarray) -> None:
-        """Add to store ``si``; close windows early where a reading needs a ring cell back."""
+    def _feed_ring(
+        self, si: int, slot: np.ndarray, ts: np.ndarray, val: np.ndarray, wm_before: np.ndarray, wm_after: np.ndarray
+    ) -> None:
+        """Add to store ``si``. Where a reading needs a ring cell still in use, close windows up to
+        its watermark first, and if that does not free the cell (the sensor's open panes span more
+        than the ring: its clock runs ahead), make room in the store's overflow."""
         store = self.stores[si]
         i = 0
         n = len(slot)
-        stalled = False
+        closed_at = roomed_at = -1
         while i < n:
-            done = store.add(slot[i:], ts[i:], val[i:])
-            if done == 0 and stalled:
-                msg = "pane store: ring cell still occupied after closing (internal error)"
+            i += store.add(slot[i:], ts[i:], val[i:])
+            if i >= n:
+                break
+            if closed_at != i:
+                # No window holding reading i, or a later one, ends by this watermark: safe to close.
+                t = int(ts[i]) - self.spec.allowed_lateness_ms
+                self._pending[si].append(store.close(max(int(wm_before[i]), min(int(wm_after[i]), t))))
+                closed_at = i
+            elif roomed_at != i:
+                store.make_room(int(slot[i]), int(ts[i]))
+                roomed_at = i
+            else:
+                msg = "pane store: ring cell still occupied after making room (internal error)"
                 raise RuntimeError(msg)
-            stalled = done == 0
-            i += done
-            if i < n:
-                # No window holding reading i ends by the watermark after it, so closing there is safe.
-                wm = max(self.max_ts_ms, int(ts[: i + 1].max())) - self.spec.allowed_lateness_ms
-                self._pending[si].append(store.close(wm))
         self._pending[si] = [c for c in self._pending[si] if c is not None and len(c)]
 
     def register(self, sensor_id: str, kind: str, zone: str, metrics: dict[str, str]) -> list[int]:
@@ -402,6 +554,7 @@ class PartitionWindows:
         if idle < self.spec.idle_timeout_ms:
             return False
         self.max_ts_ms = max(self.max_ts_ms + idle, now_ms)
+        self._caught_up()
         self._last_input_ms = now_ms
         return True
 
@@ -523,22 +676,9 @@ class PartitionWindows:
                         keyed.append([si, metric, doc])
                 continue
             for metric, slot in meta.slots.items():
-                if slot >= store.cap:
-                    continue
-                for r in np.flatnonzero(store.pid[slot] != FREE).tolist():
-                    counts = store.sk[slot, r]
+                for pane, acc, off, counts in store.cells_of(slot):
                     nz = np.flatnonzero(counts)
-                    panes.append(
-                        [
-                            si,
-                            metric,
-                            int(store.pid[slot, r]),
-                            store.acc[slot, r].tolist(),
-                            int(store.sk_off[slot, r]),
-                            nz.tolist(),
-                            counts[nz].tolist(),
-                        ]
-                    )
+                    panes.append([si, metric, pane, acc.tolist(), off, nz.tolist(), counts[nz].tolist()])
         return {
             "p": self.partition,
             "k": meta.kind,
@@ -564,7 +704,7 @@ class PartitionWindows:
         for si, metric, pane, acc, off, idx, cnt in doc.get("w", ()):
             counts = np.zeros(sketch.K, dtype=np.int64)
             counts[idx] = cnt
-            _put_cell(self.stores[si], meta.slots[metric], pane, np.asarray(acc, dtype=np.float64), off, counts)
+            self.stores[si].put(meta.slots[metric], pane, np.asarray(acc, dtype=np.float64), off, counts)
         blob = doc.get("b")
         if blob:
             names = list(doc["u"])
@@ -579,7 +719,7 @@ class PartitionWindows:
                 counts[sketch.K - n :] = np.frombuffer(buf, cdt, n, pos + _CELL.itemsize)
                 pos += _CELL.itemsize + n * width
                 slot = meta.slots[names[int(h["m"])]]
-                _put_cell(self.stores[int(h["si"])], slot, int(h["pid"]), h["acc"], int(h["off"]), counts)
+                self.stores[int(h["si"])].put(slot, int(h["pid"]), h["acc"], int(h["off"]), counts)
 
     def take_dirty(self, *, encoded: bool = False) -> dict[str, Any]:
         """State of the sensors changed since the last call, in the order they were first seen.
@@ -658,25 +798,33 @@ class PartitionWindows:
         pos = np.full(len(self.sensors), -1, dtype=np.int64)
         pos[np.fromiter(map(_IDX, metas), dtype=np.int64, count=len(metas))] = np.arange(len(metas))
         sel = np.flatnonzero(pos[owner] >= 0)  # slot order: within a sensor, also "u" order
-        panes = [(si, s) for si, s in enumerate(self.stores) if isinstance(s, PaneStore)]
-        width = 2 if all(s.sk.dtype == np.uint16 for _, s in panes) else 8
+        # each pane store, then its overflow (rows, and the slot of each row)
+        panes: list[tuple[int, PaneStore, np.ndarray, np.ndarray]] = []
+        for si, store in enumerate(self.stores):
+            if isinstance(store, PaneStore):
+                cs = sel[sel < store.cap]
+                panes.append((si, store, cs, cs))
+                if store.far is not None:
+                    rows, slots = store.far_rows()
+                    mine = pos[owner[slots]] >= 0
+                    panes.append((si, store.far, rows[mine], slots[mine]))
+        width = 2 if all(s.sk.dtype == np.uint16 for _, s, _, _ in panes) else 8
         dt = _CELL_U2 if width == 2 else _CELL_I8
         parts = []
-        for si, store in panes:
-            cs = sel[sel < store.cap]
-            row, ring = np.nonzero(store.pid[cs] != FREE)  # slot order, then ring index
+        for si, store, rows, slots in panes:
+            row, ring = np.nonzero(store.pid[rows] != FREE)  # slot order, then ring index
             if len(row) == 0:
                 continue
-            c = cs[row]
+            c, g = rows[row], slots[row]
             rec = np.empty(len(c), dtype=dt)
             rec["si"] = si
-            rec["m"] = rank[c]
+            rec["m"] = rank[g]
             rec["pid"] = store.pid[c, ring]
             rec["off"] = store.sk_off[c, ring]
             rec["acc"] = store.acc[c, ring]
             rec["sk"] = counts = store.sk[c, ring]
             rec["n"] = sketch.K - (counts != 0).argmax(axis=1)  # all K when none is set (never: count >= 1)
-            parts.append((pos[owner[c]], rec))
+            parts.append((pos[owner[g]], rec))
         if not parts:
             return [b"" if raw else ""] * len(metas), width
         spos = np.concatenate([x[0] for x in parts]) if len(parts) > 1 else parts[0][0]
@@ -738,16 +886,4 @@ def _keep_masks(width: int) -> np.ndarray:
     return masks
 
 
-def _put_cell(store: PaneStore, slot: int, pane: int, acc: Any, off: int, counts: np.ndarray) -> None:
-    """Load one restored pane cell into ``store``."""
-    store._grow(slot + 1)  # noqa: SLF001
-    if store.sk.dtype == np.uint16 and counts.max(initial=0) > np.iinfo(np.uint16).max:
-        store.sk = store.sk.astype(np.int64)
-    r = pane % store.ring
-    store.pid[slot, r] = pane
-    store.acc[slot, r] = np.asarray(acc, dtype=np.float64).reshape(NF)
-    store.sk_off[slot, r] = off
-    store.sk[slot, r] = counts
-
-
-__all__ = ["DUPLICATE", "Late", "PartitionWindows", "WindowDef", "WindowSpec", "decoded", "parse_ms", "sketch"]
+__all__ = ["DUPLICATE", "Ahead", "Late", "PartitionWindows", "WindowDef", "WindowSpec", "decoded", "parse_ms", "sketch"]

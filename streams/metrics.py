@@ -18,8 +18,12 @@ name                               type       meaning
 ``aggregates_total``               counter    closed windows emitted
 ``alerts_total``                   counter    alert records published
 ``cardinality_limited_total``      counter    readings refused by the per-partition sensor cap
+``readings_held_ahead_total``      counter    readings held ahead of their partition's frontier
+``readings_refused_ahead_total``   counter    held readings beyond the horizon, dead-lettered
 ``open_windows``                   gauge      open (sensor, metric, pane) cells
 ``partition_watermark_ms``         gauge      watermark per input partition (label ``partition``)
+``sensor_ahead_ms``                gauge      how far a sensor held ahead is ahead of the frontier
+                                              (labels ``partition``, ``sensor_id``)
 ``consumer_lag``                   gauge      end offset - next offset to read, per topic partition
 ``alert_latency_seconds``          histogram  event time of the triggering reading to publication
 ``<extra>``                        gauge      each number of ``extra_stats`` (e.g. writer queue depth)
@@ -167,11 +171,13 @@ _COUNTERS: Final = (
     ("aggregates", "aggregates_total", "Closed windows emitted."),
     ("alerts", "alerts_total", "Alert records published."),
     ("cardinality_limited", "cardinality_limited_total", "Readings refused by the per-partition sensor cap."),
+    ("held_ahead", "readings_held_ahead_total", "Readings held ahead of their partition's event-time frontier."),
+    ("refused_ahead", "readings_refused_ahead_total", "Held readings beyond the horizon, dead-lettered."),
 )
 
 
 def pipeline_families(pipeline: Any) -> list[Metric]:
-    """Counters, open windows and watermarks of a :class:`~streams.pipeline.Pipeline`."""
+    """Counters, open windows, watermarks and sensors ahead of a :class:`~streams.pipeline.Pipeline`."""
     c = pipeline.counters
     out = [
         Metric(PREFIX + name, "counter", help_text).add(getattr(c, attr))
@@ -187,6 +193,11 @@ def pipeline_families(pipeline: Any) -> list[Metric]:
         if parts[p].watermark_ms > -(2**61):  # NO_WATERMARK: nothing seen yet
             wm.add(parts[p].watermark_ms, {"partition": str(p)})
     out.append(wm)
+    ahead = Metric(PREFIX + "sensor_ahead_ms", "gauge", "How far a sensor held ahead is ahead of the frontier (ms).")
+    for p in sorted(parts):
+        for sid, ms in sorted(parts[p].sensors_ahead().items()):
+            ahead.add(ms, {"partition": str(p), "sensor_id": sid})
+    out.append(ahead)
     return out
 
 

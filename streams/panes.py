@@ -7,6 +7,13 @@ sequential ``ufunc.at`` updates, so every field depends only on the per-key orde
 never on how they were batched: replays at any speed give identical bits.
 
 Keys ("slots") are dense integers handed out by the caller (one per sensor and metric).
+
+The ring holds the panes a key needs while the watermark follows the newest readings. A key whose
+open panes span more than that (a sensor whose clock runs ahead of the partition's frontier: its
+windows stay open until the frontier reaches them, see :mod:`streams.engine`) is moved whole to an
+overflow store (``far``), a second :class:`PaneStore` with its own slot numbers and a ring that
+grows to fit; it moves back once its open panes fit the ring again. The ring of the many other keys
+stays small.
 """
 
 from __future__ import annotations
@@ -112,6 +119,10 @@ class PaneStore:
         self.closed_end = _EMPTY  # every window ending at or before this has been emitted
         self.touched: set[int] = set()  # cells updated since the last early() call
         self.track_early = False
+        #: Overflow store of the slots whose open panes outgrew the ring (None: no such slot).
+        self.far: PaneStore | None = None
+        self._far_of: dict[int, int] = {}  # slot -> its slot in ``far``
+        self._far_slot: list[int] = []  # slot in ``far`` -> slot (-1: free)
         self._grow(capacity)
 
     # -- capacity ---------------------------------------------------------------------------
@@ -138,26 +149,68 @@ class PaneStore:
     @property
     def open_cells(self) -> int:
         """Number of occupied (key, pane) cells."""
-        return int((self.pid != FREE).sum())
+        n = int((self.pid != FREE).sum())
+        return n if self.far is None else n + self.far.open_cells
 
     def state_bytes(self) -> int:
         """Bytes held by the arrays (allocated capacity)."""
-        return self.pid.nbytes + self.acc.nbytes + self.sk_off.nbytes + self.sk.nbytes
+        n = self.pid.nbytes + self.acc.nbytes + self.sk_off.nbytes + self.sk.nbytes
+        return n if self.far is None else n + self.far.state_bytes()
+
+    def far_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of the overflow store in use, and the slot each holds."""
+        g = np.asarray(self._far_slot, dtype=np.int64)
+        rows = np.flatnonzero(g >= 0)
+        return rows, g[rows]
+
+    def cells_of(self, slot: int) -> list[tuple[int, np.ndarray, int, np.ndarray]]:
+        """The open cells of ``slot`` as ``(pane id, accumulator, sketch offset, sketch counters)``."""
+        store, row = (self.far, self._far_of[slot]) if self.far is not None and slot in self._far_of else (self, slot)
+        if row >= store.cap:
+            return []
+        return [
+            (int(store.pid[row, r]), store.acc[row, r], int(store.sk_off[row, r]), store.sk[row, r])
+            for r in np.flatnonzero(store.pid[row] != FREE).tolist()
+        ]
 
     # -- updates ----------------------------------------------------------------------------
     def add(self, slot: np.ndarray, ts: np.ndarray, val: np.ndarray) -> int:
         """Add readings (already checked not late) in arrival order; returns how many were applied.
 
         Fewer than all are applied when a reading's pane would reuse the ring cell of a pane that is
-        still open: the caller closes windows up to that reading's watermark (which always frees the
-        cell) and calls again with the rest.
+        still open: the caller closes windows up to that reading's watermark and calls again with
+        the rest; if the cell is still taken (the key's open panes span more than the ring), it
+        calls :meth:`make_room` first.
         """
-        if len(slot) == 0:
-            return 0
-        self._grow(int(slot.max()) + 1)
+        if self.far is None or len(slot) == 0:
+            return self._add(slot, ts, val)
+        isfar = np.isin(slot, np.fromiter(self._far_of, dtype=np.int64, count=len(self._far_of)))
+        if not isfar.any():
+            return self._add(slot, ts, val)
+        n = len(slot)
+        mi, fi = np.flatnonzero(~isfar), np.flatnonzero(isfar)
+        local = self._local(slot[fi])
+        # the rows of both stores before the first that does not fit in its store
+        jm, jf = self._fits(slot[mi], ts[mi])[0], self.far._fits(local, ts[fi])[0]  # noqa: SLF001 - same class
+        stop = min(int(mi[jm]) if jm < len(mi) else n, int(fi[jf]) if jf < len(fi) else n)
+        a, b = mi[mi < stop], np.flatnonzero(fi < stop)
+        if len(a):
+            self._add(slot[a], ts[a], val[a])
+        if len(b):
+            self.far._add(local[b], ts[fi[b]], val[fi[b]])  # noqa: SLF001 - same class
+        return stop
+
+    def _local(self, slots: np.ndarray) -> np.ndarray:
+        """Slot numbers in ``far`` of slots held there."""
+        return np.fromiter(map(self._far_of.__getitem__, slots.tolist()), dtype=np.int64, count=len(slots))
+
+    def _fits(self, slot: np.ndarray, ts: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+        """How many of the rows, from the first, fit in this store's cells; their panes and cells."""
+        self._grow(int(slot.max()) + 1 if len(slot) else 0)
         pane = ts // self.pane_ms
-        r = pane % self.ring
-        cell = slot.astype(np.int64) * self.ring + r
+        cell = slot.astype(np.int64) * self.ring + pane % self.ring
+        if len(slot) == 0:
+            return 0, pane, cell
         ucell, first_idx, inv = np.unique(cell, return_index=True, return_inverse=True)
         first_pane = pane[first_idx]
         occupant = self.pid.reshape(-1)[ucell]
@@ -166,9 +219,16 @@ class PaneStore:
         bad = (occupant != FREE) & (occupant != first_pane)
         if bad.any():
             j = min(j, int(first_idx[bad].min()))
+        return j, pane, cell
+
+    def _add(self, slot: np.ndarray, ts: np.ndarray, val: np.ndarray) -> int:
+        """:meth:`add` to this store's own cells."""
+        if len(slot) == 0:
+            return 0
+        j, pane, cell = self._fits(slot, ts)
         if j < len(slot):
             if j > 0:
-                self.add(slot[:j], ts[:j], val[:j])
+                self._add(slot[:j], ts[:j], val[:j])
             return j
         pid = self.pid.reshape(-1)
         acc = self.acc.reshape(-1, NF)
@@ -242,9 +302,154 @@ class PaneStore:
         idx = np.maximum(keys - off[cell], 0)
         np.add.at(counts, (cell, idx), 1)
 
+    # -- overflow ---------------------------------------------------------------------------
+    def make_room(self, slot: int, ts_ms: int) -> None:
+        """Free the cell a reading of ``slot`` at ``ts_ms`` needs, when closing windows did not: the
+        slot's open panes span more than the ring. The slot moves to the overflow store, or the
+        overflow store's ring grows."""
+        if self.far is None or slot not in self._far_of:
+            self._spill(slot)
+        far = self.far
+        assert far is not None  # noqa: S101 - _spill made it
+        far.widen_ring(self._far_of[slot], ts_ms // self.pane_ms)
+
+    def put(self, slot: int, pane: int, acc: np.ndarray, off: int, counts: np.ndarray) -> None:
+        """Load one restored cell (pane ``pane`` of ``slot``); a slot whose cells do not fit the ring
+        goes to the overflow store."""
+        if self.far is not None and slot in self._far_of:
+            self.far.put_cell(self._far_of[slot], pane, acc, off, counts)
+            return
+        self._grow(slot + 1)
+        if self.pid[slot, pane % self.ring] not in (FREE, pane):
+            self._spill(slot)
+            self.put(slot, pane, acc, off, counts)
+            return
+        self.put_cell(slot, pane, acc, off, counts)
+
+    def put_cell(self, row: int, pane: int, acc: np.ndarray, off: int, counts: np.ndarray) -> None:
+        """Write one cell of this store (row ``row``), widening the ring if its cell is taken."""
+        self._grow(row + 1)
+        if self.pid[row, pane % self.ring] not in (FREE, pane):
+            self.widen_ring(row, pane)
+        if self.sk.dtype == np.uint16 and counts.max(initial=0) > np.iinfo(np.uint16).max:
+            self.sk = self.sk.astype(np.int64)
+        r = pane % self.ring
+        self.pid[row, r] = pane
+        self.acc[row, r] = np.asarray(acc, dtype=np.float64).reshape(NF)
+        self.sk_off[row, r] = off
+        self.sk[row, r] = counts
+
+    def widen_ring(self, row: int, pane: int) -> None:
+        """Grow the ring (at least doubling it) so that ``pane`` of ``row`` gets a free cell: a ring
+        at least as long as every row's span of open panes gives each pane its own cell."""
+        self._grow(row + 1)
+        if self.pid[row, pane % self.ring] in (FREE, pane):
+            return
+        occ = self.pid != FREE
+        lo = np.where(occ, self.pid, np.iinfo(np.int64).max).min(axis=1)
+        hi = np.where(occ, self.pid, FREE).max(axis=1)
+        lo[row], hi[row] = min(int(lo[row]), pane), max(int(hi[row]), pane)
+        span = int((hi - lo)[occ.any(axis=1) | (np.arange(self.cap) == row)].max()) + 1
+        self._regrow(max(2 * self.ring, span))
+
+    def _regrow(self, ring: int) -> None:
+        """Reallocate with ``ring`` cells per row, each open pane in its cell ``pane % ring``."""
+        s, r = np.nonzero(self.pid != FREE)
+        p = self.pid[s, r]
+        if self.touched:
+            t = np.fromiter(self.touched, dtype=np.int64, count=len(self.touched))
+            tp = self.pid.reshape(-1)[t]
+            live = tp != FREE
+            self.touched = set((t[live] // self.ring * ring + tp[live] % ring).tolist())
+        cap = self.cap
+        pid = np.full((cap, ring), FREE, dtype=np.int64)
+        acc = np.zeros((cap, ring, NF), dtype=np.float64)
+        off = np.zeros((cap, ring), dtype=np.int64)
+        sk = np.zeros((cap, ring, sketch.K), dtype=self.sk.dtype)
+        nr = p % ring
+        pid[s, nr] = p
+        acc[s, nr] = self.acc[s, r]
+        off[s, nr] = self.sk_off[s, r]
+        sk[s, nr] = self.sk[s, r]
+        self.pid, self.acc, self.sk_off, self.sk, self.ring = pid, acc, off, sk, ring
+
+    def _spill(self, slot: int) -> None:
+        """Move ``slot`` and its open cells to the overflow store."""
+        far = self.far
+        if far is None:
+            far = self.far = PaneStore(self.size_ms, self.hop_ms, 0, self.grace_ms, capacity=1)
+            far.track_early = self.track_early
+        far.closed_end = self.closed_end
+        free = [i for i, g in enumerate(self._far_slot) if g < 0]
+        row = free[0] if free else len(self._far_slot)
+        if row == len(self._far_slot):
+            self._far_slot.append(slot)
+        else:
+            self._far_slot[row] = slot
+        self._far_of[slot] = row
+        self._grow(slot + 1)
+        for r in np.flatnonzero(self.pid[slot] != FREE).tolist():
+            pane = int(self.pid[slot, r])
+            far.put_cell(row, pane, self.acc[slot, r], int(self.sk_off[slot, r]), self.sk[slot, r])
+            if slot * self.ring + r in self.touched:
+                self.touched.discard(slot * self.ring + r)
+                far.touched.add(row * far.ring + pane % far.ring)
+        self.pid[slot] = FREE
+
+    def _release(self) -> None:
+        """Move back to the ring the overflow slots whose open panes fit it again (none left, or a
+        span no longer than the ring: the sensor is back in step)."""
+        far = self.far
+        if far is None:
+            return
+        rows = np.asarray(self._far_slot, dtype=np.int64)
+        pid = far.pid[: len(rows)]
+        occ = pid != FREE
+        lo = np.where(occ, pid, np.iinfo(np.int64).max).min(axis=1)
+        hi = np.where(occ, pid, FREE).max(axis=1)
+        back = (rows >= 0) & (~occ.any(axis=1) | (hi - lo < self.ring))
+        for row in np.flatnonzero(back).tolist():
+            slot = int(rows[row])
+            for r in np.flatnonzero(occ[row]).tolist():
+                pane = int(pid[row, r])
+                self.put_cell(slot, pane, far.acc[row, r], int(far.sk_off[row, r]), far.sk[row, r])
+                if row * far.ring + r in far.touched:
+                    self.touched.add(slot * self.ring + pane % self.ring)
+            pid[row] = FREE
+            del self._far_of[slot]
+            self._far_slot[row] = -1
+        if not self._far_of:
+            self.far, self._far_slot = None, []
+        elif far.touched:
+            far.touched = {c for c in far.touched if self._far_slot[c // far.ring] >= 0}
+
+    def _global(self, closed: Closed) -> Closed:
+        """``closed`` of the overflow store with this store's slot numbers."""
+        slots = np.asarray(self._far_slot, dtype=np.int64)[closed.slot]
+        return Closed(slots, *(getattr(closed, f) for f in Closed.__slots__[1:]))
+
     # -- closing ----------------------------------------------------------------------------
     def close(self, limit_ms: int) -> Closed:
         """Emit every window whose ``end + grace`` is at or before ``limit_ms``; free their panes."""
+        far = self.far
+        if far is None:
+            return self._close(limit_ms)
+        far.closed_end = self.closed_end
+        near, out = self._close(limit_ms), far._close(limit_ms)  # noqa: SLF001 - same class
+        out = self._global(out)
+        self._release()
+        return _merged(near, out)
+
+    def early(self) -> Closed:
+        """Provisional results of the open windows updated since the last call (not freed)."""
+        near = self._early()
+        far = self.far
+        if far is None:
+            return near
+        far.closed_end = self.closed_end
+        return _merged(near, self._global(far._early()))  # noqa: SLF001 - same class
+
+    def _close(self, limit_ms: int) -> Closed:
         limit = limit_ms - self.grace_ms
         prev = self.closed_end
         if limit <= prev:
@@ -274,8 +479,7 @@ class PaneStore:
             return _empty()
         return Closed(*(np.concatenate([getattr(p, f) for p in parts]) for f in Closed.__slots__))
 
-    def early(self) -> Closed:
-        """Provisional results of the open windows updated since the last call (not freed)."""
+    def _early(self) -> Closed:
         cells = np.fromiter(self.touched, dtype=np.int64, count=len(self.touched))
         self.touched.clear()
         if len(cells) == 0:
@@ -379,6 +583,17 @@ def quantiles_of(off: np.ndarray, counts: np.ndarray) -> np.ndarray:
         idx = (cum > rank[:, None]).argmax(axis=1)
         out[:, i] = _key_values(off + idx)
     return out
+
+
+def _merged(a: Closed, b: Closed) -> Closed:
+    """Rows of both, in (end, slot) order."""
+    if len(b) == 0:
+        return a
+    if len(a) == 0:
+        return b
+    cols = [np.concatenate([getattr(a, f), getattr(b, f)]) for f in Closed.__slots__]
+    order = np.lexsort((cols[0], cols[2]))
+    return Closed(*(c[order] for c in cols))
 
 
 def _empty() -> Closed:

@@ -15,12 +15,14 @@ from typing import Any
 
 from alerting.rules import ThresholdRule, alert_id, evaluate
 from streams.deadletter import DeadLetter, dead_letter
-from streams.engine import DUPLICATE, NO_WATERMARK, Late, PartitionWindows, WindowSpec, decoded
+from streams.engine import DUPLICATE, NO_WATERMARK, Ahead, Late, PartitionWindows, WindowSpec, decoded
 from streams.errors import InvalidReading
 from streams.schema import MAX_PAYLOAD_BYTES, ReadingRows, parse_batch
 
 logger = logging.getLogger(__name__)
 
+#: Table key of a partition's event-time frontier: ``{"p": p, "max_ts_ms": frontier}``, plus
+#: ``"ahead": {sensor_id: ts_ms}`` while a sensor is held ahead of it (see :mod:`streams.engine`).
 WATERMARK_KEY = "__watermark__:{partition}"
 #: Table keys of the anomaly scorer's state of a sensor: its baselines, and one per hour-of-week
 #: season bucket (see :meth:`Pipeline._close`). A sensor id starts with a letter or a digit, so
@@ -30,6 +32,8 @@ SEASON_KEY = "__fs__:{sensor_id}:{bucket}"
 #: What the scorer's keys start with (:func:`str.startswith` takes the tuple).
 SCORER_KEY_PREFIXES = ("__f__:", "__fs__:")
 CARDINALITY_RULE = "cardinality_limit"
+#: Dead-letter reason of a reading refused as too far ahead of its partition's frontier.
+CLOCK_AHEAD = "clock_ahead"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +77,11 @@ class Counters:
     alerts: int = 0
     #: Readings dead-lettered because their partition already tracks ``max_sensors_per_partition`` ids.
     cardinality_limited: int = 0
+    #: Readings more than ``max_ahead_ms`` ahead of their partition's frontier that did not move it
+    #: (no other sensor as far ahead): windowed, their windows close when the frontier gets there.
+    held_ahead: int = 0
+    #: Held readings beyond ``ahead_horizon_ms``: dead-lettered (:data:`CLOCK_AHEAD`), also in ``dead_letters``.
+    refused_ahead: int = 0
 
 
 class Pipeline:
@@ -124,7 +133,7 @@ class Pipeline:
                 if not isinstance(value, dict) or value.get("p") != partition:
                     continue
                 if key == wm_key:
-                    pw.restore_watermark(int(value["max_ts_ms"]))
+                    pw.restore_watermark(int(value["max_ts_ms"]), value.get("ahead"))
                 elif key.startswith(SCORER_KEY_PREFIXES):
                     if self.scorer is not None:
                         self._restore_scorer(key, value)
@@ -186,8 +195,9 @@ class Pipeline:
         for p in sorted(by_partition):
             precs, prows = by_partition[p]
             pw = self.partitions.get(p) or self.partition(p, table or ())
+            held, ahead = pw.held_ahead, set(pw.ahead)
             results = pw.add_rows(prows, [precs[i].offset for i in prows.index], now_ms)
-            n_dup = n_late = 0
+            n_dup = n_late = n_refused = 0
             worst: Late | None = None
             for k, result in enumerate(results if results.count(None) < len(results) else ()):
                 if result is None:
@@ -199,6 +209,11 @@ class Pipeline:
                     if worst is None or result.late_by_ms > worst.late_by_ms:
                         worst = result
                     out.late.append((precs[prows.index[k]], result))
+                elif isinstance(result, Ahead):
+                    n_refused += 1
+                    out.dead_letters.append(self._refused(precs[prows.index[k]], result, now_ms))
+            if pw.held_ahead != held or pw.ahead or ahead:
+                self._note_ahead(pw, pw.held_ahead - held, ahead)
             if worst is not None:  # one line per partition and batch, not one per reading (a skewed clock is many)
                 logger.warning(
                     "late readings partition=%d count=%d max_late_by_ms=%d sensor_id=%s watermark_ms=%d",
@@ -206,10 +221,39 @@ class Pipeline:
                 )
             c.duplicates += n_dup
             c.late += n_late
-            c.readings_counted += len(results) - n_dup - n_late
+            c.readings_counted += len(results) - n_dup - n_late - n_refused
         for p in sorted(by_partition):
             self._close(self.partitions[p], out)
         return out
+
+    def _refused(self, rec: Record, info: Ahead, now_ms: int) -> DeadLetter:
+        """The dead letter of a reading too far ahead of its partition's frontier (see :class:`Ahead`)."""
+        c = self.counters
+        c.dead_letters += 1
+        c.refused_ahead += 1
+        r = info.reading
+        detail = (
+            f"reading sensor_id={r.sensor_id} ts_ms={r.ts_ms}: expected at most {self.spec.ahead_horizon_ms} ms "
+            f"ahead of partition {rec.partition}'s event-time frontier {info.frontier_ms} while no other sensor "
+            f"is that far ahead, got {info.ahead_by_ms} ms ahead"
+        )
+        source = f"kafka:{rec.topic}/{rec.partition}@{rec.offset}"
+        logger.warning("dead-lettered reading source=%s reason=%s sensor_id=%s", source, CLOCK_AHEAD, r.sensor_id)
+        return dead_letter(rec.value, InvalidReading(CLOCK_AHEAD, detail), source=source, now_ms=now_ms, key=rec.key)
+
+    def _note_ahead(self, pw: PartitionWindows, held: int, before: set[str]) -> None:
+        """Count readings held ahead; log sensors as they get ahead of the frontier and back."""
+        self.counters.held_ahead += held
+        now = pw.sensors_ahead()
+        for sid in sorted(now.keys() - before):
+            logger.warning(
+                "sensor clock ahead partition=%d sensor_id=%s ahead_ms=%d frontier_ms=%d",
+                pw.partition, sid, now[sid], pw.max_ts_ms,
+            )
+        for sid in sorted(before - now.keys()):
+            logger.info(
+                "sensor no longer ahead partition=%d sensor_id=%s frontier_ms=%d", pw.partition, sid, pw.max_ts_ms
+            )
 
     def _admit_all(
         self,
@@ -360,4 +404,7 @@ class Pipeline:
                     self.counters.alerts += len(alerts)
         docs = pw.take_dirty(encoded=True)
         out.state.extend(zip(repeat(p), docs, docs.values()))
-        out.state.append((p, WATERMARK_KEY.format(partition=p), {"p": p, "max_ts_ms": pw.max_ts_ms}))
+        wm_doc: dict[str, Any] = {"p": p, "max_ts_ms": pw.max_ts_ms}
+        if pw.ahead:
+            wm_doc["ahead"] = dict(pw.ahead)
+        out.state.append((p, WATERMARK_KEY.format(partition=p), wm_doc))

@@ -143,6 +143,11 @@ class WindowSettings(_Section):
     grace_ms: int = Field(default=0, ge=0)
     #: Wall-clock time after which a silent partition's watermark is advanced anyway.
     idle_timeout_ms: int = Field(default=30_000, ge=1000)
+    #: A reading further than this ahead of its partition's event-time frontier moves the frontier
+    #: (and so the watermark) only once a second sensor is that far ahead too: one clock running
+    #: ahead does not make the partition's other readings late. 0: every reading moves it.
+    #: At most the 1 h horizon beyond which such a reading is dead-lettered (``clock_ahead``).
+    max_ahead_ms: int = Field(default=60_000, ge=0, le=3_600_000)
     #: Further windows besides the tumbling one, e.g. ``hopping:5m/1m,tumbling:1h``.
     extra: str = ""
     #: Roll every window up per zone (all sensors of a zone, merged from partial states).
