@@ -70,9 +70,12 @@ logger = logging.getLogger(__name__)
 RATE_LIMIT_RULE: Final = "rate_limit"
 ACTIVE_STATES: Final = frozenset({"raised", "updated", "escalated", "acknowledged"})
 _EPS: Final = 1e-12
-#: drift rules: windows gathered per zone beyond this many (2 h of 1-min windows: a source of the zone
-#: that far behind the others) are judged with the peers that came
-_DRIFT_MAX_PENDING: Final = 120
+#: drift rules: windows gathered per zone beyond this many (a day of 1-min windows: a source of the
+#: zone that far behind the others) are judged with the peers that came. Only a bound on memory: a
+#: live source is otherwise waited for, and on the broker a replayed day's source partitions reach the
+#: alert stage up to 16 h of event time apart (the earlier bound of 2 h judged windows without the
+#: lagging source's sensors and then dropped them, so no drift was raised there)
+_DRIFT_MAX_PENDING: Final = 1440
 #: drift rules: ``Track.base`` is ``[long-run log ratio, smoothed log ratio, windows learned, end_ms of the
 #: last window, log peer median (smoothed), log peer median (averaged over the judged span), end_ms
 #: the zone was last unsettled, in an incident or its peers changed, end_ms learning stopped (-1:
