@@ -345,9 +345,7 @@ class PaneStore:
         self._grow(row + 1)
         if self.pid[row, pane % self.ring] in (FREE, pane):
             return
-        occ = self.pid != FREE
-        lo = np.where(occ, self.pid, np.iinfo(np.int64).max).min(axis=1)
-        hi = np.where(occ, self.pid, FREE).max(axis=1)
+        occ, lo, hi = _open_span(self.pid)
         lo[row], hi[row] = min(int(lo[row]), pane), max(int(hi[row]), pane)
         span = int((hi - lo)[occ.any(axis=1) | (np.arange(self.cap) == row)].max()) + 1
         self._regrow(max(2 * self.ring, span))
@@ -404,9 +402,7 @@ class PaneStore:
             return
         rows = np.asarray(self._far_slot, dtype=np.int64)
         pid = far.pid[: len(rows)]
-        occ = pid != FREE
-        lo = np.where(occ, pid, np.iinfo(np.int64).max).min(axis=1)
-        hi = np.where(occ, pid, FREE).max(axis=1)
+        occ, lo, hi = _open_span(pid)
         back = (rows >= 0) & (~occ.any(axis=1) | (hi - lo < self.ring))
         for row in np.flatnonzero(back).tolist():
             slot = int(rows[row])
@@ -583,6 +579,12 @@ def quantiles_of(off: np.ndarray, counts: np.ndarray) -> np.ndarray:
         idx = (cum > rank[:, None]).argmax(axis=1)
         out[:, i] = _key_values(off + idx)
     return out
+
+
+def _open_span(pid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of pane ids: which cells are open, and the lowest and highest open pane."""
+    occ = pid != FREE
+    return occ, np.where(occ, pid, np.iinfo(np.int64).max).min(axis=1), np.where(occ, pid, FREE).max(axis=1)
 
 
 def _merged(a: Closed, b: Closed) -> Closed:
