@@ -16,7 +16,6 @@ from typing import Any
 
 import faust
 import orjson
-from faust.types import TP
 
 import models as models_pkg
 from connectors.buffer import BufferedSink, BufferFull, open_spool
@@ -25,9 +24,9 @@ from connectors.lineprotocol import Point, aggregate_point, alert_point, zone_po
 from models.stream import StreamScorer
 from streams.alert_agents import attach_alerting
 from streams.api import register_api, register_retention
-from streams.app import persist
+from streams.app import Leveller, persist
 from streams.deadletter import dead_letter
-from streams.engine import WindowDef, WindowSpec
+from streams.engine import NO_WATERMARK, WindowDef, WindowSpec
 from streams.errors import InvalidReading, SinkError
 from streams.metrics import register_metrics
 from streams.pipeline import SCORER_KEY_PREFIXES, WATERMARK_KEY, Output, Pipeline, Record
@@ -131,7 +130,7 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
     register_api(app, settings)
     register_retention(app, settings)
     sink_stats = {"points_written": 0, "write_failures": 0, "buffer_full": 0}
-    read_to: dict[int, int] = {}  # readings partition -> next offset after the last one read
+    readings_level = Leveller(app, k.readings_topic, w.max_partition_skew_ms)
     pending_state: dict[str, tuple[int, Any]] = {}  # window-state key -> (partition, latest doc) to write
     buffered: list[BufferedSink] = []  # the timeseries agent's writer, for the flush timer and stats page
 
@@ -212,9 +211,9 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
         async for events in stream.take_events(READINGS_BATCH, within=0.2):
             records = [Record(e.message.partition, e.message.offset, e.value, e.key, e.message.topic) for e in events]
             for r in records:
-                if r.offset >= read_to.get(r.partition, 0):
-                    read_to[r.partition] = r.offset + 1
+                readings_level.read(r.partition, r.offset)
             await emit(pipeline.process(records, wall_ms(), table.data.items()))
+            align()
             yield None
 
     extra = [t.strip() for t in k.extra_source_topics.split(",") if t.strip()]
@@ -366,8 +365,16 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
         for sink in list(buffered):
             await sink.flush()
 
+    def align() -> None:
+        """Keep the readings partitions level in event time (streams.align)."""
+        frontiers = {
+            p: (pw.max_ts_ms if pw.max_ts_ms != NO_WATERMARK else None) for p, pw in pipeline.partitions.items()
+        }
+        readings_level.align(wall_ms(), frontiers)
+
     @app.on_partitions_assigned.connect
     async def _assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
+        readings_level.forget()
         pipeline.forget()
         rollups.clear()
 
@@ -376,16 +383,11 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
         # before the new owners restore from the changelog (the rebalance waits for this)
         await flush_state()
         await app.producer.flush()
+        readings_level.forget()
         pipeline.forget()
         rollups.clear()
 
-    def backlogged(partition: int) -> bool:
-        """Records wait in the log that this worker has not read yet (it is behind, not idle)."""
-        try:
-            hw = app.consumer.highwater(TP(k.readings_topic, partition))
-        except Exception:  # no fetch yet, or a consumer without the information
-            return False
-        return hw is not None and read_to.get(partition, 0) < hw
+    backlogged = readings_level.backlogged
 
     @app.timer(interval=1.0)
     async def idle_tick() -> None:
@@ -409,6 +411,7 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
             if backlogged(p):  # a slow consumer is not an idle feed: no jump to the wall clock
                 pw.hold_idle(now)
         await emit(pipeline.tick(now))
+        align()
         for tp in app.consumer.assignment():
             # after a rebalance the rollups are rebuilt from the table here too, not only when the
             # next partial arrives: windows restored after the last partial must still close
@@ -453,6 +456,7 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
             "alerts": c.alerts,
             "open_windows": sum(pw.open_windows for pw in pipeline.partitions.values()),
             "watermarks_ms": {str(p): pw.watermark_ms for p, pw in pipeline.partitions.items()},
+            "partitions_paused_for_skew": sorted(readings_level.aligner.paused),
             "zone_windows_open": sum(len(zr.partials) for zr in rollups.values()),
             "model_versions": scorer.versions() if scorer is not None else {},
             "zone_source_watermarks_ms": {str(p): zr.marks for p, zr in rollups.items()},

@@ -150,8 +150,11 @@ def deliver_without_gaps() -> None:  # noqa: C901 - one wrapper, kept next to wh
         if tp not in self.assignment():
             next_offsets(self).pop(tp, None)
             return
-        logger.warning(
-            "consumer rewinds topic=%s partition=%d offset=%d reason=%s", tp.topic, tp.partition, offset, why
+        # A paused partition's fetched records are skipped by Faust and read again on resume
+        # (streams.align pauses partitions read too far ahead): routine, not worth a warning.
+        level = logging.DEBUG if tp in self._paused_partitions else logging.WARNING  # noqa: SLF001
+        logger.log(
+            level, "consumer rewinds topic=%s partition=%d offset=%d reason=%s", tp.topic, tp.partition, offset, why
         )
         await self.seek(tp, offset)
 
@@ -243,6 +246,88 @@ def deliver_without_gaps() -> None:  # noqa: C901 - one wrapper, kept next to wh
     Consumer.perform_seek = perform_seek  # type: ignore[method-assign]
     Consumer.seek = seek  # type: ignore[method-assign]
     Consumer.on_partitions_revoked = on_partitions_revoked  # type: ignore[method-assign]
+
+
+class Leveller:
+    """Faust side of :mod:`streams.align` for one source topic: what the agent read, and the pauses.
+
+    An agent reports each record it takes (:meth:`read`: partition, offset and, unless it passes
+    its own frontiers to :meth:`align`, the record's event time); :meth:`align`, after each batch
+    and on a timer, pauses the partitions read too far ahead of the slowest one with records
+    waiting and resumes the others. Pausing goes through Faust's consumer (``pause_partitions``),
+    which stops fetching the partition for every agent of the topic; records of it already fetched
+    are read again on resume (see :func:`deliver_without_gaps`).
+    """
+
+    def __init__(self, app: faust.App, topic: str, max_skew_ms: int) -> None:
+        from faust.types import TP
+
+        from streams.align import Aligner
+
+        self._tp = TP
+        self.app, self.topic = app, topic
+        self.aligner = Aligner(max_skew_ms)
+        #: partition -> the offset after the last record read (kept over rebalances)
+        self.read_to: dict[int, int] = {}
+        #: partition -> the newest event time read (reset with the assignment)
+        self.frontiers: dict[int, int] = {}
+
+    def read(self, partition: int, offset: int, ts_ms: int | None = None) -> None:
+        if offset >= self.read_to.get(partition, 0):
+            self.read_to[partition] = offset + 1
+        if ts_ms is not None and ts_ms > self.frontiers.get(partition, ts_ms - 1):
+            self.frontiers[partition] = ts_ms
+
+    def backlogged(self, partition: int) -> bool:
+        """Records wait in the log that this worker has not read yet (it is behind, not idle)."""
+        try:
+            hw = self.app.consumer.highwater(self._tp(self.topic, partition))
+        except Exception:  # no fetch yet, or a consumer without the information
+            return False
+        return hw is not None and self.read_to.get(partition, 0) < hw
+
+    def align(self, now_ms: int, frontiers: dict[int, int | None] | None = None) -> None:
+        """Decide the pauses again (``frontiers``: the agent's own, else the event times read)."""
+        aligner = self.aligner
+        if aligner.max_skew_ms <= 0 or self.app.rebalancing:
+            return
+        assigned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.topic}
+        if frontiers is None:
+            frontiers = {p: self.frontiers.get(p) for p in assigned}
+        else:
+            frontiers = {p: f for p, f in frontiers.items() if p in assigned}
+        waiting = {p for p in assigned if self.backlogged(p)}
+        was_stalled = aligner.stalled
+        pause, resume = aligner.update(frontiers, waiting, now_ms)
+        if aligner.stalled is not None and aligner.stalled != was_stalled:
+            logger.warning(
+                "partition has records waiting but made no progress for %d ms, no longer holding the "
+                "others to it topic=%s partition=%d",
+                aligner.stall_ms,
+                self.topic,
+                aligner.stalled,
+            )
+        if pause or resume:
+            logger.info(
+                "levelling partitions topic=%s paused=%s resumed=%s frontiers_ms=%s waiting=%s",
+                self.topic,
+                sorted(pause),
+                sorted(resume),
+                dict(sorted(frontiers.items())),
+                sorted(waiting),
+            )
+        consumer = self.app.consumer
+        if resume:
+            consumer.resume_partitions({self._tp(self.topic, p) for p in resume})
+        if aligner.paused:  # every time: Faust's own flow control may have re-activated one
+            consumer.pause_partitions({self._tp(self.topic, p) for p in aligner.paused})
+
+    def forget(self) -> None:
+        """The assignment changes: resume what was paused, forget the event times read."""
+        was = self.aligner.forget()
+        self.frontiers.clear()
+        if was:
+            self.app.consumer.resume_partitions({self._tp(self.topic, p) for p in was})
 
 
 def create_app(settings: Settings, **overrides: Any) -> faust.App:

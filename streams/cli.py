@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import signal
 import sys
@@ -458,6 +459,10 @@ def main() -> None:
     register_evaluate_command(app, settings)
     if len(sys.argv) > 1 and sys.argv[1] == "worker":
         from connectors.kafka import client_config, ensure_topics
+
+        # ``kill -QUIT`` prints every thread's stack to the log, even with the event loop blocked
+        # (``kill -USR1``, Faust's own, also prints the asyncio tasks but needs the loop running).
+        faulthandler.register(signal.SIGQUIT, all_threads=True)
 
         try:
             ensure_topics(client_config(settings.kafka), source_topics(settings))

@@ -148,6 +148,10 @@ class WindowSettings(_Section):
     #: ahead does not make the partition's other readings late. 0: every reading moves it.
     #: At most the 1 h horizon beyond which such a reading is dead-lettered (``clock_ahead``).
     max_ahead_ms: int = Field(default=60_000, ge=0, le=3_600_000)
+    #: A worker pauses a readings partition read more than this far ahead (event time) of its slowest
+    #: partition that still has records waiting, so that stages joining partitions (zone roll-ups,
+    #: zone and drift rules) get them level (:mod:`streams.align`). 0: read as they come.
+    max_partition_skew_ms: int = Field(default=300_000, ge=0)
     #: Further windows besides the tumbling one, e.g. ``hopping:5m/1m,tumbling:1h``.
     extra: str = ""
     #: Roll every window up per zone (all sensors of a zone, merged from partial states).

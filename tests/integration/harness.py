@@ -24,6 +24,7 @@ class Proc:
     name: str
     proc: subprocess.Popen[bytes]
     log: Path
+    env: dict[str, str] | None = None
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -84,7 +85,34 @@ def start(name: str, env: dict[str, str], tmp: Path, *args: str) -> Proc:
         proc = subprocess.Popen(
             [sys.executable, "-m", "streams", *args], env=env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT
         )
-    return Proc(name, proc, log)
+    started = Proc(name, proc, log, env)
+    _STARTED.append(started)
+    return started
+
+
+_STARTED: list[Proc] = []
+
+
+def diagnose_live_workers() -> str:
+    """Ask every live worker to dump its stacks into its log; return their stats and log paths.
+
+    ``SIGUSR1`` makes Faust's (mode's) worker print every thread and asyncio task with its stack
+    (it needs a running event loop); ``SIGQUIT`` makes ``faulthandler`` print the threads' stacks
+    even when the loop is blocked. Called when a wait times out, so a stalled worker explains
+    itself in the test's logs.
+    """
+    lines = []
+    live = [p for p in _STARTED if p.proc.poll() is None and p.env is not None and "worker" in p.name]
+    for p in live:
+        p.proc.send_signal(signal.SIGUSR1)
+    time.sleep(1.5)
+    for p in live:
+        p.proc.send_signal(signal.SIGQUIT)
+    time.sleep(0.5)
+    for p in live:
+        assert p.env is not None
+        lines.append(f"{p.name} (pid {p.proc.pid}, log {p.log}): stats {try_stats(p.env)}")
+    return "\n".join(lines)
 
 
 def start_worker(env: dict[str, str], tmp: Path, name: str = "worker") -> Proc:
@@ -128,7 +156,7 @@ def wait_until(pred: Callable[[], bool], timeout_s: float, what: str, interval_s
         if pred():
             return
         time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}\n{diagnose_live_workers()}")
 
 
 def try_stats(env: dict[str, str]) -> dict | None:
