@@ -682,6 +682,7 @@ def run_evaluation(
             "URBAN_WINDOW__SIZE_MS": str(window_ms),
             "URBAN_WINDOW__ALLOWED_LATENESS_MS": str(settings.window.allowed_lateness_ms),
             "URBAN_WINDOW__MAX_AHEAD_MS": str(settings.window.max_ahead_ms),
+            "URBAN_WINDOW__MAX_PARTITION_SKEW_MS": str(settings.window.max_partition_skew_ms),
             # Idle flush: a partition silent this long (wall time) jumps its watermark to the wall
             # clock, which makes the rest of a past feed late. A loaded worker pauses partitions
             # for seconds, so keep it out of the way; the end is flushed by _publish_end_marks.

@@ -30,7 +30,7 @@ import orjson
 from alerting.engine import AlertEngine
 from alerting.errors import RuleError
 from alerting.rules import load_rules
-from streams.app import Leveller, persist
+from streams.app import persist
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -194,9 +194,6 @@ def attach_alerting(  # noqa: C901 - one place that wires it all
         help="Alert engine state: one document per (rule, sensor or zone).",
     )
     restored: set[int] = set()
-    # Aggregates are keyed by sensor, so each of their partitions feeds every zone: read unevenly
-    # (a replay's backlog), a zone's sensors reached the engine hours of event time apart.
-    aggs_level = Leveller(app, aggs_name, settings.window.max_partition_skew_ms)
 
     async def send_command(action: str, alert_id: str, by: str) -> None:
         doc = {"action": action, "alert_id": alert_id, "by": by, "token_ok": True}
@@ -274,7 +271,6 @@ def attach_alerting(  # noqa: C901 - one place that wires it all
                 end = agg.get("end_ms")
                 if isinstance(end, int) and end > ends.get(src, -1):
                     ends[src] = end
-                aggs_level.read(src, e.message.offset, end if isinstance(end, int) else None)
                 if engine.wants(agg):
                     # The source partition: its own event clock judges the silence of its sensors.
                     agg["src"] = src
@@ -290,7 +286,6 @@ def attach_alerting(  # noqa: C901 - one place that wires it all
                 body = orjson.dumps({"t": "src", "ends": {str(s): e for s, e in moved.items()}})
                 for p in range(k.partitions):
                     await routed.send(key=b"__sources__", value=body, partition=p)
-            aggs_level.align(wall_ms())
             yield None
 
     @app.agent(control, name="urbansense.alerting.control")
@@ -339,11 +334,6 @@ def attach_alerting(  # noqa: C901 - one place that wires it all
     async def _revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
         engine.forget()
         restored.clear()
-        aggs_level.forget()
-
-    @app.on_partitions_assigned.connect
-    async def _assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
-        aggs_level.forget()
 
     state = {"last_reload": 0.0}
 
@@ -361,7 +351,6 @@ def attach_alerting(  # noqa: C901 - one place that wires it all
             out += handle.check_reload(now)
         out += engine.tick(now)
         await publish(out)
-        aggs_level.align(now)
 
     @app.page("/urbansense/alerting/")
     async def alerting_stats(web_: Any, request: Any) -> Any:

@@ -2,22 +2,24 @@
 
 Hours of readings wait on the four readings partitions before the worker starts (a replay, or a
 worker catching up). With ``MAX_PARTITION_SKEW_MS`` at one minute the worker keeps pausing the
-partitions it has read ahead and resuming them (``streams.align``), on the readings topic and on
-the aggregates topic the alert router and the time-series writer read. Every pause makes Faust
-drop records already fetched for that partition, which the consumer must read again: the final
-aggregates must still equal a numpy reference exactly, and the store (fed from the levelled
-aggregates topic) must have received the windows of different partitions in near event-time order
-(here: 17 min of spread with levelling, 70 min with it off).
+readings partitions it has read ahead and resuming them (``streams.align``). Every pause makes
+Faust drop records already fetched for that partition, which the consumer must read again: the
+final aggregates must still equal a numpy reference exactly.
+
+At this scale the readings partitions stay level without it too (the windows of different
+partitions were emitted at most 1 min of event time apart either way), so this test shows that
+pausing loses and repeats nothing; what levelling buys on a large backlog is shown by the broker
+evaluation (`urbansense evaluate`, README), where partitions drifted 12-16 h apart without it.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import sqlite3
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 
 from connectors.kafka import consume_all, producer_config
@@ -48,21 +50,25 @@ STEPS = 1_080  # 3 h at 10 s
 INTERVAL_MS = 10_000
 
 
-def write_order_spread_min(env: dict[str, str]) -> int:
-    """The largest gap (minutes of event time) between the newest window stored and the 10th
-    percentile of the sensors' newest windows, over the store's write order."""
-    conn = sqlite3.connect(f"file:{env['URBAN_STORE__PATH']}?mode=ro", uri=True, timeout=5)
-    try:
-        rows = conn.execute('SELECT sensor_id, start_ms FROM "window_agg" ORDER BY rowid').fetchall()
-    finally:
-        conn.close()
-    newest: dict[str, int] = {}
+def emission_spread_min(msgs: list) -> int:
+    """How far apart (minutes of event time) the windows agent emitted the windows of different
+    readings partitions: over each aggregates partition in offset order (the order the agent sent
+    them; a partition holds sensors of every readings partition), the largest gap between the
+    newest window and the 10th percentile of its sensors' newest windows."""
+    by_partition: dict[int, list[tuple[int, str, int]]] = {}
+    for m in msgs:
+        doc = orjson.loads(m.value())
+        by_partition.setdefault(m.partition(), []).append((m.offset(), doc["sensor_id"], doc["start_ms"]))
     worst = 0
-    for i, (sid, start) in enumerate(rows):
-        newest[sid] = max(newest.get(sid, start), start)
-        if len(newest) == SENSORS and i % 200 == 0:
-            v = sorted(newest.values())
-            worst = max(worst, (v[-1] - v[len(v) // 10]) // 60_000)
+    for rows in by_partition.values():
+        rows.sort()
+        sensors = len({sid for _, sid, _ in rows})
+        newest: dict[str, int] = {}
+        for i, (_, sid, start) in enumerate(rows):
+            newest[sid] = max(newest.get(sid, start), start)
+            if len(newest) == sensors and i % 50 == 0:
+                v = sorted(newest.values())
+                worst = max(worst, (v[-1] - v[len(v) // 10]) // 60_000)
     return worst
 
 
@@ -107,28 +113,24 @@ def test_a_backlog_is_read_level_and_exactly(tmp_path: Path, bootstrap: str) -> 
     assert final is not None
 
     # nothing lost or counted twice, with the pauses and the re-reads they cause
-    aggregates, duplicates = dedupe_aggregates(
-        consume_all(kafka_cfg(env), env["URBAN_KAFKA__AGGREGATES_TOPIC"], timeout_s=3)
-    )
+    msgs = consume_all(kafka_cfg(env), env["URBAN_KAFKA__AGGREGATES_TOPIC"], timeout_s=3)
+    aggregates, duplicates = dedupe_aggregates(msgs)
     assert_matches_reference(aggregates, reference, "aggregates topic")
     rows = store_window_rows(env)
     assert_matches_reference({(r["sensor_id"], r["metric"], r["start_ms"]): r for r in rows}, reference, "store")
     assert final["late"] == 0 and final["dead_letters"] == 0
     assert final["readings_counted"] == len(messages)
 
-    # the partitions were levelled: pauses on both topics, and a bounded spread in write order
-    readings, aggs = env["URBAN_KAFKA__READINGS_TOPIC"], env["URBAN_KAFKA__AGGREGATES_TOPIC"]
-    paused_readings = len(re.findall(rf"levelling partitions topic={re.escape(readings)} paused=\[\d", log))
-    paused_aggs = len(re.findall(rf"levelling partitions topic={re.escape(aggs)} paused=\[\d", log))
-    assert paused_readings and paused_aggs and paused_seen, (paused_readings, paused_aggs, paused_seen)
+    # the readings partitions were paused and resumed, and no laggard stalled
+    readings = env["URBAN_KAFKA__READINGS_TOPIC"]
+    paused = len(re.findall(rf"levelling partitions topic={re.escape(readings)} paused=\[\d", log))
+    assert paused and paused_seen, (paused, paused_seen)
     assert "no longer holding" not in log, log[-3000:]
-    spread = write_order_spread_min(env)
+    spread = emission_spread_min(msgs)
     logger.warning(
-        "levelling: readings=%d windows=%d level_decisions readings=%d aggregates=%d write_order_spread_min=%d "
-        "re_emitted=%d elapsed_s=%.1f",
-        len(messages), len(reference), paused_readings, paused_aggs, spread, duplicates, time.monotonic() - t0,
+        "levelling: readings=%d windows=%d pauses=%d emission_spread_min=%d re_emitted=%d elapsed_s=%.1f",
+        len(messages), len(reference), paused, spread, duplicates, time.monotonic() - t0,
     )
-    assert spread <= 30, f"windows reached the store up to {spread} min of event time apart"
 
 
 def _settings(env: dict[str, str], settings_cls: type) -> object:
