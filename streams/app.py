@@ -248,6 +248,38 @@ def deliver_without_gaps() -> None:  # noqa: C901 - one wrapper, kept next to wh
     Consumer.on_partitions_revoked = on_partitions_revoked  # type: ignore[method-assign]
 
 
+def report_stopped_drainers() -> None:
+    """Log, with its error, a stream that stops draining its channel while the worker runs.
+
+    ``take_events`` (the agents' micro-batches) reads from a buffer that the stream's passive
+    drainer task fills from the channel. Faust's drainer catches any exception, forwards it into the
+    channel's queue (which nothing reads when ``take_events`` is used) and ends without a word; the
+    channel's queue then fills and Faust's conductor blocks every delivery of the worker. A stall
+    with exactly that picture is open (README, *Open problem: a stalled consumer*): this makes its
+    cause show up in the log. Installed once per process; shutdown is not reported.
+    """
+    from faust.streams import Stream
+
+    original = Stream._passive_drainer  # noqa: SLF001
+    if getattr(original, "urbansense_hooked", False):
+        return
+
+    async def _passive_drainer(self: Any, channel: Any, declare: bool = False) -> None:
+        try:
+            await original(self, channel, declare)
+        finally:
+            app = getattr(self, "app", None)
+            if not (self.should_stop or getattr(app, "should_stop", False)):  # not a shutdown
+                errors = getattr(getattr(channel, "queue", None), "_errors", None) or ()
+                logger.error(
+                    "stream stopped draining its channel; the agent reading it will stall channel=%s error=%r",
+                    channel, errors[-1] if errors else None,
+                )
+
+    _passive_drainer.urbansense_hooked = True  # type: ignore[attr-defined]
+    Stream._passive_drainer = _passive_drainer  # type: ignore[method-assign]  # noqa: SLF001
+
+
 class Leveller:
     """Faust side of :mod:`streams.align` for one source topic: what the agent read, and the pauses.
 
@@ -370,6 +402,7 @@ def create_app(settings: Settings, **overrides: Any) -> faust.App:
         verify_end_offsets(client_config(k))
     flush_before_commit()
     deliver_without_gaps()
+    report_stopped_drainers()
     app = faust.App(settings.app_id, **conf)
     attach(app, settings)
     return app
