@@ -283,12 +283,12 @@ def report_stopped_drainers() -> None:
 class Leveller:
     """Faust side of :mod:`streams.align` for one source topic: what the agent read, and the pauses.
 
-    An agent reports each record it takes (:meth:`read`: partition, offset and, unless it passes
-    its own frontiers to :meth:`align`, the record's event time); :meth:`align`, after each batch
-    and on a timer, pauses the partitions read too far ahead of the slowest one with records
-    waiting and resumes the others. Pausing goes through Faust's consumer (``pause_partitions``),
-    which stops fetching the partition for every agent of the topic; records of it already fetched
-    are read again on resume (see :func:`deliver_without_gaps`).
+    An agent reports each record it takes (:meth:`read`); :meth:`align`, given the agent's
+    event-time frontier per partition, after each batch and on a timer, pauses the partitions
+    read too far ahead of the slowest one with records waiting and resumes the others. Pausing
+    goes through Faust's consumer (``pause_partitions``), which stops fetching the partition for
+    every agent of the topic; records of it already fetched are read again on resume (see
+    :func:`deliver_without_gaps`).
     """
 
     def __init__(self, app: faust.App, topic: str, max_skew_ms: int) -> None:
@@ -301,14 +301,10 @@ class Leveller:
         self.aligner = Aligner(max_skew_ms)
         #: partition -> the offset after the last record read (kept over rebalances)
         self.read_to: dict[int, int] = {}
-        #: partition -> the newest event time read (reset with the assignment)
-        self.frontiers: dict[int, int] = {}
 
-    def read(self, partition: int, offset: int, ts_ms: int | None = None) -> None:
+    def read(self, partition: int, offset: int) -> None:
         if offset >= self.read_to.get(partition, 0):
             self.read_to[partition] = offset + 1
-        if ts_ms is not None and ts_ms > self.frontiers.get(partition, ts_ms - 1):
-            self.frontiers[partition] = ts_ms
 
     def backlogged(self, partition: int) -> bool:
         """Records wait in the log that this worker has not read yet (it is behind, not idle)."""
@@ -318,16 +314,13 @@ class Leveller:
             return False
         return hw is not None and self.read_to.get(partition, 0) < hw
 
-    def align(self, now_ms: int, frontiers: dict[int, int | None] | None = None) -> None:
-        """Decide the pauses again (``frontiers``: the agent's own, else the event times read)."""
+    def align(self, now_ms: int, frontiers: dict[int, int | None]) -> None:
+        """Decide the pauses again from each partition's event-time frontier (``None``: unknown)."""
         aligner = self.aligner
         if aligner.max_skew_ms <= 0 or self.app.rebalancing:
             return
         assigned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.topic}
-        if frontiers is None:
-            frontiers = {p: self.frontiers.get(p) for p in assigned}
-        else:
-            frontiers = {p: f for p, f in frontiers.items() if p in assigned}
+        frontiers = {p: f for p, f in frontiers.items() if p in assigned}
         waiting = {p for p in assigned if self.backlogged(p)}
         was_stalled = aligner.stalled
         pause, resume = aligner.update(frontiers, waiting, now_ms)
@@ -355,9 +348,8 @@ class Leveller:
             consumer.pause_partitions({self._tp(self.topic, p) for p in aligner.paused})
 
     def forget(self) -> None:
-        """The assignment changes: resume what was paused, forget the event times read."""
+        """The assignment changes: resume what was paused."""
         was = self.aligner.forget()
-        self.frontiers.clear()
         if was:
             self.app.consumer.resume_partitions({self._tp(self.topic, p) for p in was})
 
