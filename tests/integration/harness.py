@@ -93,16 +93,32 @@ def start(name: str, env: dict[str, str], tmp: Path, *args: str) -> Proc:
 _STARTED: list[Proc] = []
 
 
+#: log lines worth quoting when a wait times out (the rest is routine INFO)
+NOTABLE = ("WARNING", "ERROR", "CRITICAL", "Crashed", "rewinds", "levelling", "restored window state",
+           "stopped draining", "Revok", "revok", "Assign", "assign", "rebalanc", "Rebalanc", "has not committed")
+
+
+def log_excerpt(text: str, notable: int = 30, tail: int = 12) -> str:
+    """The last ``notable`` lines of interest and the last ``tail`` lines of a worker log."""
+    lines = text.splitlines()
+    picked = [ln for ln in lines if any(w in ln for w in NOTABLE)
+              and not ln.startswith(("|", "+")) and "__assignor" not in ln][-notable:]
+    return "\n".join(["  notable:", *(f"    {ln[:300]}" for ln in picked), "  tail:",
+                      *(f"    {ln[:300]}" for ln in lines[-tail:])])
+
+
 def diagnose_live_workers() -> str:
-    """Ask every live worker to dump its stacks into its log; return their stats and log paths.
+    """Ask every live worker to dump its stacks into its log; return their stats and log excerpts.
 
     ``SIGUSR1`` makes Faust's (mode's) worker print every thread and asyncio task with its stack
     (it needs a running event loop); ``SIGQUIT`` makes ``faulthandler`` print the threads' stacks
     even when the loop is blocked. Called when a wait times out, so a stalled worker explains
-    itself in the test's logs.
+    itself in the test's output (CI keeps only that: the excerpt is taken from the log as it was
+    before the dumps; the dumps stay in the log file).
     """
     lines = []
     live = [p for p in _STARTED if p.proc.poll() is None and p.env is not None and "worker" in p.name]
+    before = {p.name: p.text() for p in live}
     for p in live:
         p.proc.send_signal(signal.SIGUSR1)
     time.sleep(1.5)
@@ -112,6 +128,7 @@ def diagnose_live_workers() -> str:
     for p in live:
         assert p.env is not None
         lines.append(f"{p.name} (pid {p.proc.pid}, log {p.log}): stats {try_stats(p.env)}")
+        lines.append(log_excerpt(before[p.name]))
     return "\n".join(lines)
 
 
