@@ -24,7 +24,7 @@ from connectors.lineprotocol import Point, aggregate_point, alert_point, zone_po
 from models.stream import StreamScorer
 from streams.alert_agents import attach_alerting
 from streams.api import register_api, register_retention
-from streams.app import Leveller, persist
+from streams.app import Leveller, consumer_state, persist
 from streams.deadletter import dead_letter
 from streams.engine import NO_WATERMARK, WindowDef, WindowSpec
 from streams.errors import InvalidReading, SinkError
@@ -443,6 +443,13 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
 
     app.urbansense_metrics = register_metrics(app, pipeline, metric_stats)  # type: ignore[attr-defined]
 
+    def readings_consumer() -> dict[str, Any]:
+        try:
+            assigned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == k.readings_topic)
+        except Exception as exc:  # noqa: BLE001 - the consumer is not started yet (or stopping)
+            return {"unreadable": repr(exc)}
+        return consumer_state(app, k.readings_topic, assigned)
+
     @app.page("/urbansense/stats/")
     async def stats(web_: Any, request: Any) -> Any:
         c = pipeline.counters
@@ -457,6 +464,8 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
             "open_windows": sum(pw.open_windows for pw in pipeline.partitions.values()),
             "watermarks_ms": {str(p): pw.watermark_ms for p, pw in pipeline.partitions.items()},
             "partitions_paused_for_skew": sorted(readings_level.aligner.paused),
+            "rebalancing": bool(app.rebalancing),
+            "readings_consumer": readings_consumer(),
             "zone_windows_open": sum(len(zr.partials) for zr in rollups.values()),
             "model_versions": scorer.versions() if scorer is not None else {},
             "zone_source_watermarks_ms": {str(p): zr.marks for p, zr in rollups.items()},

@@ -10,7 +10,10 @@ what the others sent, and what they cannot hold any longer is judged without the
 
 :class:`Aligner` decides which partitions to pause so that none is read more than ``max_skew_ms``
 of event time ahead of the slowest partition that still has records waiting (Kafka Streams makes
-the same choice per task by record timestamp). A partition with nothing waiting holds no one back
+the same choice per task by record timestamp). A partition with records waiting but none read yet
+is the slowest of all: the others wait for its first records (the Kafka client hands a backlog
+over partition by partition, and without this one partition was read to its end before another
+had started). A partition with nothing waiting holds no one back
 (a live feed, a quiet sensor group: the idle timeout is for those). A paused partition resumes once
 it is within half the skew, so pausing does not flap. A laggard that makes no progress for
 ``stall_ms`` of host time while records wait stops holding the others: a stuck partition must not
@@ -21,6 +24,9 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+
+#: The frontier of a partition with records waiting and none read yet: below every other.
+NOT_STARTED = -(1 << 62)
 
 
 @dataclass
@@ -44,8 +50,9 @@ class Aligner:
         """Decide again; return the partitions to pause and those to resume (each possibly empty).
 
         ``frontiers`` maps each assigned partition to its event-time frontier (``None``: nothing
-        read yet, so it neither holds others nor is paused); ``waiting`` holds the partitions with
-        records in the log that the worker has not read yet.
+        read yet; such a partition is never paused, and while it has records waiting every other
+        one is); ``waiting`` holds the partitions with records in the log that the worker has not
+        read yet.
         """
         want: set[int] = set()
         floor = self._laggard(frontiers, waiting, now_ms)
@@ -71,10 +78,14 @@ class Aligner:
         if self.max_skew_ms <= 0:
             return None
         known = [(f, p) for p in waiting if (f := frontiers.get(p)) is not None]
-        if not known:
+        not_started = sorted(p for p in waiting if frontiers.get(p) is None)
+        if not_started:  # its first records come before anything else: every other one waits
+            f, p = NOT_STARTED, not_started[0]
+        elif known:
+            f, p = min(known)
+        else:
             self._floor, self.stalled = None, None
             return None
-        f, p = min(known)
         if self._floor != (p, f):  # a new laggard, or the laggard moved on
             self._floor, self._floor_since_ms, self.stalled = (p, f), now_ms, None
             return f

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Iterable
 from typing import Any
 
 import faust
@@ -280,6 +281,63 @@ def report_stopped_drainers() -> None:
     Stream._passive_drainer = _passive_drainer  # type: ignore[method-assign]  # noqa: SLF001
 
 
+def consumer_state(app: faust.App, topic: str, partitions: Iterable[int]) -> dict[str, Any]:
+    """What the worker's consumer knows of some partitions of a topic, for logs and the stats page.
+
+    Per partition: Faust's view (active, paused, paused because a channel was full, last read
+    and committed offsets, high-water mark), the next offset gap-free delivery expects, and the
+    Kafka client's fetch position, pause and buffered fetch. Then whether the flow is on and, per
+    agent, whether the drainer task of its stream runs (streams read in micro-batches, with
+    ``take_events``, have one) and how full its channel is. Best effort:
+    what cannot be read is reported as such (it reads Faust's and aiokafka's private state).
+    """
+    from faust.types import TP
+
+    consumer: Any = app.consumer
+    out: dict[str, Any] = {}
+    try:
+        from aiokafka.structs import TopicPartition
+
+        client = consumer._thread._consumer  # noqa: SLF001
+        assignment = client._subscription.subscription.assignment  # noqa: SLF001
+        buffered = client._fetcher._records  # noqa: SLF001
+    except Exception:  # noqa: BLE001 - not started, or a client without this state
+        assignment = buffered = None
+    per: dict[str, Any] = {}
+    for p in partitions:
+        tp = TP(topic, p)
+        try:
+            st: dict[str, Any] = {
+                "active": tp in (consumer._active_partitions or ()),  # noqa: SLF001
+                "paused": tp in consumer._paused_partitions,  # noqa: SLF001
+                "paused_buffer_full": tp in consumer._buffered_partitions,  # noqa: SLF001
+                "read_offset": consumer._read_offset.get(tp),  # noqa: SLF001
+                "committed": consumer._committed_offset.get(tp),  # noqa: SLF001
+                "expected": consumer.__dict__.get("_urbansense_next", {}).get(tp),
+                "highwater": consumer.highwater(tp),
+            }
+            state = assignment.state_value(TopicPartition(topic, p)) if assignment is not None else None
+            if state is not None:
+                st["client_position"] = state.position if state.has_valid_position else None
+                fetched = buffered.get(TopicPartition(topic, p)) if buffered is not None else None
+                st["client_buffered"] = type(fetched).__name__ if fetched is not None else None
+        except Exception as exc:  # noqa: BLE001 - a diagnostic must not raise
+            st = {"unreadable": repr(exc)}
+        per[str(p)] = st
+    out["partitions"] = per
+    out["flow_active"] = getattr(consumer, "flow_active", None)
+    agents = {}
+    for name, agent in app.agents.items():
+        for actor in list(getattr(agent, "_actors", ())):
+            stream = getattr(actor, "stream", None)
+            queue = getattr(getattr(stream, "channel", None), "queue", None)
+            agents[name.rsplit(".", 1)[-1]] = {
+                "drainer": getattr(stream, "_passive", None),  # False for a stream read without one
+                "queued": queue.qsize() if queue is not None else None,
+            }
+    out["agents"] = agents
+    return out
+
 class Leveller:
     """Faust side of :mod:`streams.align` for one source topic: what the agent read, and the pauses.
 
@@ -308,11 +366,15 @@ class Leveller:
 
     def backlogged(self, partition: int) -> bool:
         """Records wait in the log that this worker has not read yet (it is behind, not idle)."""
+        tp = self._tp(self.topic, partition)
         try:
-            hw = self.app.consumer.highwater(self._tp(self.topic, partition))
+            hw = self.app.consumer.highwater(tp)
         except Exception:  # no fetch yet, or a consumer without the information
             return False
-        return hw is not None and self.read_to.get(partition, 0) < hw
+        # what this worker read, or where it starts: the committed offset (a restarted worker, or
+        # one newly assigned the partition, has read nothing of it but has nothing before that to read)
+        committed = getattr(self.app.consumer, "_committed_offset", {}).get(tp) or 0
+        return hw is not None and max(self.read_to.get(partition, 0), committed) < hw
 
     def align(self, now_ms: int, frontiers: dict[int, int | None]) -> None:
         """Decide the pauses again from each partition's event-time frontier (``None``: unknown)."""
@@ -327,10 +389,11 @@ class Leveller:
         if aligner.stalled is not None and aligner.stalled != was_stalled:
             logger.warning(
                 "partition has records waiting but made no progress for %d ms, no longer holding the "
-                "others to it topic=%s partition=%d",
+                "others to it topic=%s partition=%d consumer=%s",
                 aligner.stall_ms,
                 self.topic,
                 aligner.stalled,
+                consumer_state(self.app, self.topic, [aligner.stalled]),
             )
         if pause or resume:
             logger.info(

@@ -23,8 +23,22 @@ def test_a_partition_with_nothing_waiting_holds_no_one_back() -> None:
     a = Aligner(max_skew_ms=10 * MIN)
     # partition 0 is far behind but has read everything in its log (a quiet or live feed)
     assert a.update({0: 0, 1: 60 * MIN}, waiting={1}, now_ms=0) == (set(), set())
-    # a partition never read yet neither holds others nor is paused
-    assert a.update({0: None, 1: 60 * MIN}, waiting={0, 1}, now_ms=1) == (set(), set())
+
+
+def test_a_partition_not_started_holds_every_other_one_until_its_first_records() -> None:
+    a = Aligner(max_skew_ms=10 * MIN)
+    # partition 0 has records waiting and none read: 1 and 2 wait (0 is never paused)
+    assert a.update({0: None, 1: 0, 2: 60 * MIN}, waiting={0, 1, 2}, now_ms=0) == ({1, 2}, set())
+    # its first record: the usual rule (2 is too far ahead of 0, 1 is not)
+    assert a.update({0: MIN, 1: 0, 2: 60 * MIN}, waiting={0, 1, 2}, now_ms=1) == (set(), {1})
+    # a partition not started with nothing waiting holds no one
+    b = Aligner(max_skew_ms=10 * MIN)
+    assert b.update({0: None, 1: 60 * MIN}, waiting={1}, now_ms=0) == (set(), set())
+    # and one that never delivers stops holding the others after the stall time
+    c = Aligner(max_skew_ms=10 * MIN, stall_ms=30_000)
+    assert c.update({0: None, 1: 0}, waiting={0, 1}, now_ms=0) == ({1}, set())
+    assert c.update({0: None, 1: 0}, waiting={0, 1}, now_ms=30_000) == (set(), {1})
+    assert c.stalled == 0
 
 
 def test_off_when_the_skew_is_zero() -> None:
@@ -66,7 +80,8 @@ def test_any_reading_order_stays_within_the_skew_and_reads_everything(
 
     Each partition's log is in event-time order (the steps between its records are drawn). After
     every decision, no unpaused partition is more than the skew ahead of the slowest partition that
-    still has records waiting, and some unpaused partition always has a record to read until every
+    still has records waiting (or has been read at all, while one with records waiting has not
+    started), and some unpaused partition always has a record to read until every
     log is read (the pauses never deadlock).
     """
     times = [list(_cumulative(steps)) for steps in logs]
@@ -77,7 +92,9 @@ def test_any_reading_order_stays_within_the_skew_and_reads_everything(
         waiting = {p for p in range(len(times)) if pos[p] < len(times[p])}
         a.update(frontier, waiting, now_ms=i)
         known = [frontier[p] for p in waiting if frontier[p] is not None]
-        if known:
+        if any(frontier[p] is None for p in waiting):  # one not started: every other one waits
+            assert all(frontier[p] is None for p in range(len(times)) if p not in a.paused), a.paused
+        elif known:
             floor = min(known)  # type: ignore[type-var]
             for p in range(len(times)):
                 f = frontier[p]
