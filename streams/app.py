@@ -132,9 +132,16 @@ def deliver_without_gaps() -> None:  # noqa: C901 - one wrapper, kept next to wh
     over must be the one after the last one delivered: a record past it, or records of a batch
     that were fetched but not delivered, make the consumer seek back to the first missing offset
     and read them again (at-least-once: the agents already recognise redelivered records).
+    When the :class:`Leveller` changes which partitions to read, the batch being delivered ends
+    there and its undelivered records are read again: Faust hands over all that was prefetched as
+    one batch, and delivering the rest of a backlog's batch took tens of seconds, during which a
+    paused partition kept arriving (Faust delivers a partition whose channel was full regardless of
+    pauses) and a resumed one got nothing. Seeks run on the consumer's own thread (Faust's call
+    aiokafka's ``seek`` from the app's thread, waking the fetcher through the other loop's future).
     Installed once per process; changelog partitions (Faust's table recovery) are left alone.
     """
     from faust.transport.consumer import Consumer
+    from faust.types import TP
 
     original_getmany = Consumer.getmany
     if getattr(original_getmany, "urbansense_hooked", False):
@@ -147,22 +154,34 @@ def deliver_without_gaps() -> None:  # noqa: C901 - one wrapper, kept next to wh
     def next_offsets(self: Any) -> dict[Any, int]:
         return self.__dict__.setdefault("_urbansense_next", {})
 
-    async def rewind(self: Any, tp: Any, offset: int, why: str) -> None:
+    async def rewind(self: Any, tp: Any, offset: int, why: str, routine: bool = False) -> None:
         if tp not in self.assignment():
             next_offsets(self).pop(tp, None)
             return
-        # A paused partition's fetched records are skipped by Faust and read again on resume
-        # (streams.align pauses partitions read too far ahead): routine, not worth a warning.
-        level = logging.DEBUG if tp in self._paused_partitions else logging.WARNING  # noqa: SLF001
+        # A batch ended early for the Leveller, or a paused partition whose fetched records Faust
+        # skipped (they are read again on resume, streams.align): routine, not worth a warning.
+        level = logging.DEBUG if routine or tp in self._paused_partitions else logging.WARNING  # noqa: SLF001
         logger.log(
             level, "consumer rewinds topic=%s partition=%d offset=%d reason=%s", tp.topic, tp.partition, offset, why
         )
-        await self.seek(tp, offset)
+        try:
+            await self.seek(tp, offset)
+        except Exception as exc:  # revoked meanwhile: the next owner starts from the committed offset.
+            # Otherwise the next record past the expected offset makes the consumer try again.
+            logger.warning(
+                "consumer could not rewind topic=%s partition=%d offset=%d error=%r",
+                tp.topic, tp.partition, offset, exc,
+            )
 
     async def _wait_next_records(self: Any, timeout: float) -> Any:
         records, active = await original_wait(self, timeout)
         self._urbansense_fetched = records
         return records, active
+
+    def cuttable(self: Any) -> bool:
+        """Every record of the batch can be read again (none of a table's changelog, say)."""
+        acking = self.app.topics.acks_enabled_for
+        return all(acking(tp.topic) for tp in (self._urbansense_fetched or ()))
 
     async def getmany(self: Any, timeout: float) -> Any:
         self._urbansense_fetched = None
@@ -170,8 +189,17 @@ def deliver_without_gaps() -> None:  # noqa: C901 - one wrapper, kept next to wh
         acking = self.app.topics.acks_enabled_for
         delivered: dict[Any, int] = {}
         rewound: set[Any] = set()
+        cuts = self.__dict__.get("_urbansense_cuts", 0)
+        cut = False
+        batch = original_getmany(self, timeout)
         try:
-            async for tp, message in original_getmany(self, timeout):
+            async for tp, message in batch:
+                if self.__dict__.get("_urbansense_cuts", 0) != cuts and cuttable(self):
+                    # The partitions to read changed (Leveller): end the batch, whose undelivered
+                    # records are read again below, rather than deliver the rest of it (it can hold
+                    # all that was prefetched, tens of seconds of work) to the old choice.
+                    cut = True
+                    break
                 if tp in rewound:
                     continue
                 if not acking(tp.topic):
@@ -190,6 +218,7 @@ def deliver_without_gaps() -> None:  # noqa: C901 - one wrapper, kept next to wh
                     rewound.add(tp)
                     await rewind(self, tp, safe_point(self, tp, message.offset), "flow stopped during delivery")
         finally:
+            await batch.aclose()
             fetched = self._urbansense_fetched or {}
             self._urbansense_fetched = None
             for tp, records in fetched.items():
@@ -201,7 +230,8 @@ def deliver_without_gaps() -> None:  # noqa: C901 - one wrapper, kept next to wh
                     first = min(missing)
                     if upto is not None and first > upto:
                         first = upto
-                    await rewind(self, tp, first, f"{len(missing)} fetched records were not delivered")
+                    why = f"{len(missing)} fetched records were not delivered"
+                    await rewind(self, tp, first, why + (" (batch ended for levelling)" if cut else ""), routine=cut)
 
     def first_unacked(self: Any, tp: Any) -> int:
         acked = self._acked_index.get(tp) or ()  # noqa: SLF001 - acked, not yet committed
@@ -232,7 +262,15 @@ def deliver_without_gaps() -> None:  # noqa: C901 - one wrapper, kept next to wh
                 await rewind(self, tp, first_unacked(self, tp), "no committed offset to seek back to")
 
     async def seek(self: Any, partition: Any, offset: int) -> None:
-        await original_seek(self, partition, offset)
+        thread = getattr(self, "_thread", None)
+        if thread is not None and hasattr(thread, "call_thread") and hasattr(thread, "_ensure_consumer"):
+            # On the consumer's own thread: Faust calls aiokafka's seek from the app's thread,
+            # which wakes the fetcher through a future of the other thread's event loop.
+            await thread.call_thread(_seek_on_thread, thread, partition, offset)
+            tp = TP(partition.topic, partition.partition)
+            self._read_offset[tp] = offset if offset else None  # as Faust's seek does  # noqa: SLF001
+        else:
+            await original_seek(self, partition, offset)
         next_offsets(self)[partition] = offset
 
     async def on_partitions_revoked(self: Any, revoked: Any) -> None:
@@ -247,6 +285,10 @@ def deliver_without_gaps() -> None:  # noqa: C901 - one wrapper, kept next to wh
     Consumer.perform_seek = perform_seek  # type: ignore[method-assign]
     Consumer.seek = seek  # type: ignore[method-assign]
     Consumer.on_partitions_revoked = on_partitions_revoked  # type: ignore[method-assign]
+
+
+async def _seek_on_thread(thread: Any, partition: Any, offset: int) -> None:
+    thread._ensure_consumer().seek(partition, offset)  # noqa: SLF001
 
 
 def report_stopped_drainers() -> None:
@@ -405,6 +447,8 @@ class Leveller:
                 sorted(waiting),
             )
         consumer = self.app.consumer
+        if pause or resume:  # the batch being delivered was fetched for the old choice: end it
+            consumer.__dict__["_urbansense_cuts"] = consumer.__dict__.get("_urbansense_cuts", 0) + 1
         if resume:
             consumer.resume_partitions({self._tp(self.topic, p) for p in resume})
         if aligner.paused:  # every time: Faust's own flow control may have re-activated one
