@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 WINDOW_MS = 60_000
 SKEW_MS = 60_000
 SENSORS = 40
-STEPS = 1_080  # 3 h at 10 s
+STEPS = 720  # 2 h at 10 s
 INTERVAL_MS = 10_000
 
 
