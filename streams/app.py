@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 from collections.abc import Iterable
 from typing import Any
@@ -291,15 +292,21 @@ async def _seek_on_thread(thread: Any, partition: Any, offset: int) -> None:
     thread._ensure_consumer().seek(partition, offset)  # noqa: SLF001
 
 
+#: Exit code of a worker that stops because one of its streams stopped draining (EX_SOFTWARE).
+EXIT_STREAM_STALLED = 70
+_exit = os._exit  # replaced in tests
+
+
 def report_stopped_drainers() -> None:
-    """Log, with its error, a stream that stops draining its channel while the worker runs.
+    """Log, with its error, a stream that stops draining its channel while the worker runs; exit.
 
     ``take_events`` (the agents' micro-batches) reads from a buffer that the stream's passive
     drainer task fills from the channel. Faust's drainer catches any exception, forwards it into the
     channel's queue (which nothing reads when ``take_events`` is used) and ends without a word; the
     channel's queue then fills and Faust's conductor blocks every delivery of the worker. A stall
     with exactly that picture is open (README, *Open problem: a stalled consumer*): this makes its
-    cause show up in the log. Installed once per process; shutdown is not reported.
+    cause show up in the log, and makes the worker exit (code :data:`EXIT_STREAM_STALLED`) so it is
+    restarted instead of stalling. Installed once per process; shutdown is not reported.
     """
     from faust.streams import Stream
 
@@ -318,6 +325,19 @@ def report_stopped_drainers() -> None:
                     "stream stopped draining its channel; the agent reading it will stall channel=%s error=%r",
                     channel, errors[-1] if errors else None,
                 )
+                # Nothing restarts the drainer, and once the channel's queue is full the consumer
+                # stops delivering to every agent: exit now, as a crash, rather than stall without
+                # a sound. The supervisor (docker-compose: restart unless-stopped) starts the worker
+                # again; offsets and window state come back from the broker (exactly-once results,
+                # as after a SIGKILL: tests/integration/test_recovery.py). A graceful stop would
+                # commit the offsets of a micro-batch Faust acknowledged unprocessed.
+                logger.critical(
+                    "worker exits to be restarted: a stalled stream would hold every partition exit_code=%d",
+                    EXIT_STREAM_STALLED,
+                )
+                for handler in logging.getLogger().handlers:
+                    handler.flush()
+                _exit(EXIT_STREAM_STALLED)
 
     _passive_drainer.urbansense_hooked = True  # type: ignore[attr-defined]
     Stream._passive_drainer = _passive_drainer  # type: ignore[method-assign]  # noqa: SLF001

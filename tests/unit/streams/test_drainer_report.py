@@ -1,4 +1,4 @@
-"""A stream whose passive drainer ends while the worker runs is reported with its error."""
+"""A stream whose passive drainer ends while the worker runs is reported with its error; the worker exits."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from faust.streams import Stream
 
-from streams.app import report_stopped_drainers
+import streams.app
+from streams.app import EXIT_STREAM_STALLED, report_stopped_drainers
 
 
 class FakeStream:
@@ -45,16 +46,20 @@ class FakeChannel:
 
 
 @pytest.mark.parametrize("should_stop", [False, True])
-def test_a_drainer_that_ends_is_logged_with_its_error_unless_stopping(
-    should_stop: bool, caplog: pytest.LogCaptureFixture
+def test_a_drainer_that_ends_is_logged_with_its_error_and_the_worker_exits_unless_stopping(
+    should_stop: bool, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    exits: list[int] = []
+    monkeypatch.setattr(streams.app, "_exit", exits.append)
     report_stopped_drainers()
     stream, channel = FakeStream(should_stop), FakeChannel()
     with caplog.at_level(logging.ERROR, logger="streams.app"):
         asyncio.run(Stream._passive_drainer(stream, channel))  # type: ignore[arg-type]  # noqa: SLF001
     reported = [r.getMessage() for r in caplog.records if "stopped draining" in r.getMessage()]
     if should_stop:
-        assert reported == []
+        assert reported == [] and exits == []
     else:
         assert reported and "channel=<Topic readings>" in reported[0] and "decode blew up" in reported[0]
+        assert exits == [EXIT_STREAM_STALLED]
+        assert any(r.levelno == logging.CRITICAL and "exits to be restarted" in r.getMessage() for r in caplog.records)
     assert stream._passive is False  # Faust's own clean-up still ran
