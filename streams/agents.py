@@ -445,7 +445,7 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
 
     def readings_consumer() -> dict[str, Any]:
         try:
-            assigned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == k.readings_topic)
+            assigned = sorted(readings_level.assigned())
         except Exception as exc:  # noqa: BLE001 - the consumer is not started yet (or stopping)
             return {"unreadable": repr(exc)}
         return consumer_state(app, k.readings_topic, assigned)

@@ -141,8 +141,7 @@ def deliver_without_gaps() -> None:  # noqa: C901 - one wrapper, kept next to wh
     aiokafka's ``seek`` from the app's thread, waking the fetcher through the other loop's future).
     Installed once per process; changelog partitions (Faust's table recovery) are left alone.
     """
-    from faust.transport.consumer import Consumer
-    from faust.types import TP
+    from faust.transport.consumer import Consumer, ThreadDelegateConsumer
 
     original_getmany = Consumer.getmany
     if getattr(original_getmany, "urbansense_hooked", False):
@@ -153,7 +152,7 @@ def deliver_without_gaps() -> None:  # noqa: C901 - one wrapper, kept next to wh
     original_revoked = Consumer.on_partitions_revoked
 
     def next_offsets(self: Any) -> dict[Any, int]:
-        return self.__dict__.setdefault("_urbansense_next", {})
+        return self.__dict__.setdefault(_NEXT, {})
 
     async def rewind(self: Any, tp: Any, offset: int, why: str, routine: bool = False) -> None:
         if tp not in self.assignment():
@@ -190,17 +189,19 @@ def deliver_without_gaps() -> None:  # noqa: C901 - one wrapper, kept next to wh
         acking = self.app.topics.acks_enabled_for
         delivered: dict[Any, int] = {}
         rewound: set[Any] = set()
-        cuts = self.__dict__.get("_urbansense_cuts", 0)
+        cuts = self.__dict__.get(_CUTS, 0)
         cut = False
         batch = original_getmany(self, timeout)
         try:
             async for tp, message in batch:
-                if self.__dict__.get("_urbansense_cuts", 0) != cuts and cuttable(self):
+                if self.__dict__.get(_CUTS, 0) != cuts:
                     # The partitions to read changed (Leveller): end the batch, whose undelivered
                     # records are read again below, rather than deliver the rest of it (it can hold
                     # all that was prefetched, tens of seconds of work) to the old choice.
-                    cut = True
-                    break
+                    cuts = self.__dict__.get(_CUTS, 0)
+                    if cuttable(self):
+                        cut = True
+                        break
                 if tp in rewound:
                     continue
                 if not acking(tp.topic):
@@ -263,16 +264,13 @@ def deliver_without_gaps() -> None:  # noqa: C901 - one wrapper, kept next to wh
                 await rewind(self, tp, first_unacked(self, tp), "no committed offset to seek back to")
 
     async def seek(self: Any, partition: Any, offset: int) -> None:
-        thread = getattr(self, "_thread", None)
-        if thread is not None and hasattr(thread, "call_thread") and hasattr(thread, "_ensure_consumer"):
-            # On the consumer's own thread: Faust calls aiokafka's seek from the app's thread,
-            # which wakes the fetcher through a future of the other thread's event loop.
-            await thread.call_thread(_seek_on_thread, thread, partition, offset)
-            tp = TP(partition.topic, partition.partition)
-            self._read_offset[tp] = offset if offset else None  # as Faust's seek does  # noqa: SLF001
-        else:
-            await original_seek(self, partition, offset)
+        await original_seek(self, partition, offset)
         next_offsets(self)[partition] = offset
+
+    async def _seek_in_thread(self: Any, partition: Any, offset: int) -> None:
+        # On the consumer's own thread: Faust calls aiokafka's seek from the app's thread, which
+        # wakes the fetcher through a future of the other thread's event loop.
+        await self._thread.call_thread(_seek_on_thread, self._thread, partition, offset)  # noqa: SLF001
 
     async def on_partitions_revoked(self: Any, revoked: Any) -> None:
         expected = next_offsets(self)
@@ -285,7 +283,18 @@ def deliver_without_gaps() -> None:  # noqa: C901 - one wrapper, kept next to wh
     Consumer.getmany = getmany  # type: ignore[method-assign]
     Consumer.perform_seek = perform_seek  # type: ignore[method-assign]
     Consumer.seek = seek  # type: ignore[method-assign]
+    ThreadDelegateConsumer._seek = _seek_in_thread  # type: ignore[method-assign]  # noqa: SLF001
     Consumer.on_partitions_revoked = on_partitions_revoked  # type: ignore[method-assign]
+
+
+#: Consumer attributes of :func:`deliver_without_gaps`: the next offset expected per partition,
+#: and how many times the partitions to read changed (:func:`end_batch`).
+_NEXT, _CUTS = "_urbansense_next", "_urbansense_cuts"
+
+
+def end_batch(consumer: Any) -> None:
+    """The partitions to read changed: :func:`deliver_without_gaps` ends the batch it delivers."""
+    consumer.__dict__[_CUTS] = consumer.__dict__.get(_CUTS, 0) + 1
 
 
 async def _seek_on_thread(thread: Any, partition: Any, offset: int) -> None:
@@ -375,7 +384,7 @@ def consumer_state(app: faust.App, topic: str, partitions: Iterable[int]) -> dic
                 "paused_buffer_full": tp in consumer._buffered_partitions,  # noqa: SLF001
                 "read_offset": consumer._read_offset.get(tp),  # noqa: SLF001
                 "committed": consumer._committed_offset.get(tp),  # noqa: SLF001
-                "expected": consumer.__dict__.get("_urbansense_next", {}).get(tp),
+                "expected": consumer.__dict__.get(_NEXT, {}).get(tp),
                 "highwater": consumer.highwater(tp),
             }
             state = assignment.state_value(TopicPartition(topic, p)) if assignment is not None else None
@@ -426,6 +435,10 @@ class Leveller:
         if offset >= self.read_to.get(partition, 0):
             self.read_to[partition] = offset + 1
 
+    def assigned(self) -> set[int]:
+        """This worker's partitions of the topic."""
+        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.topic}
+
     def backlogged(self, partition: int) -> bool:
         """Records wait in the log that this worker has not read yet (it is behind, not idle)."""
         tp = self._tp(self.topic, partition)
@@ -443,7 +456,7 @@ class Leveller:
         aligner = self.aligner
         if aligner.max_skew_ms <= 0 or self.app.rebalancing:
             return
-        assigned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.topic}
+        assigned = self.assigned()
         frontiers = {p: f for p, f in frontiers.items() if p in assigned}
         waiting = {p for p in assigned if self.backlogged(p)}
         was_stalled = aligner.stalled
@@ -467,8 +480,8 @@ class Leveller:
                 sorted(waiting),
             )
         consumer = self.app.consumer
-        if pause or resume:  # the batch being delivered was fetched for the old choice: end it
-            consumer.__dict__["_urbansense_cuts"] = consumer.__dict__.get("_urbansense_cuts", 0) + 1
+        if pause or resume:  # the batch being delivered was fetched for the old choice
+            end_batch(consumer)
         if resume:
             consumer.resume_partitions({self._tp(self.topic, p) for p in resume})
         if aligner.paused:  # every time: Faust's own flow control may have re-activated one

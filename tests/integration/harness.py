@@ -93,15 +93,15 @@ def start(name: str, env: dict[str, str], tmp: Path, *args: str) -> Proc:
 _STARTED: list[Proc] = []
 
 
-#: log lines worth quoting when a wait times out (the rest is routine INFO)
-NOTABLE = ("WARNING", "ERROR", "CRITICAL", "Crashed", "rewinds", "levelling", "restored window state",
-           "stopped draining", "Revok", "revok", "Assign", "assign", "rebalanc", "Rebalanc", "has not committed")
+#: log lines worth quoting (matched in lower case) when a wait times out (the rest is routine INFO)
+NOTABLE = ("warning", "error", "critical", "crashed", "rewinds", "levelling", "restored window state",
+           "stopped draining", "revok", "assign", "rebalanc", "has not committed")
 
 
 def log_excerpt(text: str, notable: int = 30, tail: int = 12) -> str:
     """The last ``notable`` lines of interest and the last ``tail`` lines of a worker log."""
     lines = text.splitlines()
-    picked = [ln for ln in lines if any(w in ln for w in NOTABLE)
+    picked = [ln for ln in lines if any(w in ln.lower() for w in NOTABLE)
               and not ln.startswith(("|", "+")) and "__assignor" not in ln][-notable:]
     return "\n".join(["  notable:", *(f"    {ln[:300]}" for ln in picked), "  tail:",
                       *(f"    {ln[:300]}" for ln in lines[-tail:])])
