@@ -387,7 +387,7 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
         pipeline.forget()
         rollups.clear()
 
-    backlogged = readings_level.backlogged
+    holds = readings_level.holds
 
     @app.timer(interval=1.0)
     async def idle_tick() -> None:
@@ -408,7 +408,7 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
                 pipeline.partition(tp.partition, table.data.items())
         now = wall_ms()
         for p, pw in pipeline.partitions.items():
-            if backlogged(p):  # a slow consumer is not an idle feed: no jump to the wall clock
+            if holds(p):  # a slow or paused consumer is not an idle feed: no jump to the wall clock
                 pw.hold_idle(now)
         await emit(pipeline.tick(now))
         align()

@@ -6,6 +6,11 @@ readings partitions it has read ahead and resuming them (``streams.align``). Eve
 Faust drop records already fetched for that partition, which the consumer must read again: the
 final aggregates must still equal a numpy reference exactly.
 
+One partition's sensors join the feed late: its backlog is one reading each, far ahead of the
+others, so it is paused with nothing left to read while the others catch up, and the rest of its
+readings arrive while it is paused. A paused partition is not an idle feed: the idle flush (2 s here) used
+to move its event time to the wall clock, and every record it received afterwards was late.
+
 At this scale the readings partitions stay level without it too (the windows of different
 partitions were emitted at most 1 min of event time apart either way), so this test shows that
 pausing loses and repeats nothing; what levelling buys on a large backlog is shown by the broker
@@ -23,6 +28,7 @@ import pytest
 
 from connectors.kafka import consume_all, producer_config
 from simulators.city import build_city
+from simulators.evaluate import kafka_partition
 from simulators.generators import generate
 from simulators.publish import publish_kafka
 from streams.settings import KafkaSettings
@@ -47,6 +53,12 @@ SKEW_MS = 60_000
 SENSORS = 40
 STEPS = 720  # 2 h at 10 s
 INTERVAL_MS = 10_000
+PARTITIONS = 4  # the readings topic's (the settings' default)
+
+
+def partition_of(mqtt_topic: str) -> int:
+    """The readings partition the producers pick for a sensor (the key is its id)."""
+    return kafka_partition(mqtt_topic.rsplit("/", 1)[-1].encode(), PARTITIONS)
 
 
 def test_a_backlog_is_read_level_and_exactly(tmp_path: Path, bootstrap: str) -> None:
@@ -55,9 +67,18 @@ def test_a_backlog_is_read_level_and_exactly(tmp_path: Path, bootstrap: str) -> 
     now_ms = time.time_ns() // 1_000_000
     start_ms = (now_ms - 6 * 3_600_000) // WINDOW_MS * WINDOW_MS + 4_000
     city = build_city(SENSORS, seed=41)
-    messages = [m for b in generate(city, start_ms=start_ms, interval_ms=INTERVAL_MS, steps=STEPS, seed=41)
-                for m in b.to_timed_messages()]
-    assert len(messages) == SENSORS * STEPS
+    generated = [m for b in generate(city, start_ms=start_ms, interval_ms=INTERVAL_MS, steps=STEPS, seed=41)
+                 for m in b.to_timed_messages()]
+    assert len(generated) == SENSORS * STEPS
+    # the late joiners' partition: one reading each 20 min before the end (published first, so it
+    # comes in the first fetch and is read whole), 1 h 40 min of event time ahead of the others
+    late_joiners = partition_of(generated[0][0])
+    joined_ms = max(ts for _, _, ts in generated) - 20 * 60_000
+    rest_ms = joined_ms + INTERVAL_MS
+    joining = [m for m in generated if partition_of(m[0]) == late_joiners and joined_ms <= m[2] < rest_ms]
+    others = [m for m in generated if partition_of(m[0]) != late_joiners]
+    rest = [m for m in generated if partition_of(m[0]) == late_joiners and m[2] >= rest_ms]
+    messages = joining + others + rest
     reference = numpy_reference((p for _, p, _ in messages), WINDOW_MS)
     pcfg = producer_config(KafkaSettings(bootstrap_servers=bootstrap))
     # the whole backlog waits before the worker starts (topics created with the table's partitions)
@@ -66,17 +87,35 @@ def test_a_backlog_is_read_level_and_exactly(tmp_path: Path, bootstrap: str) -> 
     from streams.settings import Settings
 
     ensure_topics(kafka_cfg(env), source_topics(_settings(env, Settings)))
-    assert publish_kafka(messages, producer_config=pcfg, topic=env["URBAN_KAFKA__READINGS_TOPIC"]) == len(messages)
+    readings = env["URBAN_KAFKA__READINGS_TOPIC"]
+    for part in (joining, others):
+        assert publish_kafka(part, producer_config=pcfg, topic=readings) == len(part)
 
     worker = start_worker(env, tmp_path)
     try:
         paused_seen: set[int] = set()
+
+        def late_joiners_paused() -> bool:
+            # paused with everything published to it read: nothing known waits there
+            s = try_stats(env)
+            if not s or late_joiners not in s["partitions_paused_for_skew"]:
+                return False
+            c = s["readings_consumer"]["partitions"][str(late_joiners)]
+            return c.get("highwater") is not None and (c.get("read_offset") or -1) + 1 >= c["highwater"]
+
+        wait_until(late_joiners_paused, 60, f"partition {late_joiners} to be read and paused", interval_s=0.05)
+        paused_at = try_stats(env)
+        time.sleep(3.0)  # longer than the idle timeout, while the others catch up
+        assert late_joiners in try_stats(env)["partitions_paused_for_skew"], "resumed too early for this test"
+        assert publish_kafka(rest, producer_config=pcfg, topic=readings) == len(rest)
 
         def done() -> bool:
             s = try_stats(env)
             if not s:
                 return False
             paused_seen.update(s["partitions_paused_for_skew"])
+            if s["late"]:  # lost already: fail on what is missing now, not after the timeout
+                return True
             return (
                 s["readings_in"] >= len(messages) and s["open_windows"] == 0
                 and s["points_written"] >= s["aggregates"] and len(store_window_rows(env)) >= len(reference)
@@ -98,8 +137,13 @@ def test_a_backlog_is_read_level_and_exactly(tmp_path: Path, bootstrap: str) -> 
     assert final["late"] == 0 and final["dead_letters"] == 0
     assert final["readings_counted"] == len(messages)
 
+    # the late joiners were where this test put them, and paused with everything read
+    on = {m.partition() for m in consume_all(kafka_cfg(env), readings, timeout_s=3)
+          if partition_of(m.key().decode()) == late_joiners}
+    assert on == {late_joiners}, on
+    assert paused_at is not None
+
     # the readings partitions were paused and resumed, and no laggard stalled
-    readings = env["URBAN_KAFKA__READINGS_TOPIC"]
     paused = len(re.findall(rf"levelling partitions topic={re.escape(readings)} paused=\[\d", log))
     assert paused and paused_seen, (paused, paused_seen)
     assert "no longer holding" not in log, log[-3000:]
