@@ -116,6 +116,35 @@ def flush_before_commit() -> None:
     Consumer._commit_offsets = _commit_offsets  # type: ignore[method-assign]  # noqa: SLF001
 
 
+def track_produced_topics() -> None:
+    """Keep the metadata of every topic the worker produces to (aiokafka forgets some).
+
+    aiokafka's client refreshes metadata for the topics it tracks and replaces what it knew with
+    the answer. A topic the producer first sent to while its metadata was already known (from the
+    full fetch at start-up, or after Faust created it) is never tracked, so once any other topic is
+    tracked the next refresh drops it: records already queued for it wait for a partition leader
+    the producer never asks about again, until the next send to that topic tracks it or the batch
+    expires (Faust's ``producer_request_timeout``, 20 min). During a rebalance nothing else is
+    sent, and the revoke's producer flush waited there: the surviving worker never rejoined and
+    its group stayed rebalancing (a CI run of ``tests/integration/test_faults_rebalance.py``; the
+    stack dump showed the sender with only unknown-leader batches). Every topic sent to is tracked
+    now; a topic not tracked yet is asked about at the next refresh. Installed once per process.
+    """
+    from aiokafka.client import AIOKafkaClient
+
+    original = AIOKafkaClient._wait_on_metadata  # noqa: SLF001
+    if getattr(original, "urbansense_hooked", False):
+        return
+
+    async def _wait_on_metadata(self: Any, topic: str) -> Any:
+        if topic not in self._topics:  # noqa: SLF001
+            self.add_topic(topic)
+        return await original(self, topic)
+
+    _wait_on_metadata.urbansense_hooked = True  # type: ignore[attr-defined]
+    AIOKafkaClient._wait_on_metadata = _wait_on_metadata  # type: ignore[method-assign]  # noqa: SLF001
+
+
 def deliver_without_gaps() -> None:  # noqa: C901 - one wrapper, kept next to what it wraps
     """Make Faust's consumer hand each agent partition's records over without holes.
 
@@ -556,6 +585,7 @@ def create_app(settings: Settings, **overrides: Any) -> faust.App:
 
         verify_end_offsets(client_config(k))
     flush_before_commit()
+    track_produced_topics()
     deliver_without_gaps()
     report_stopped_drainers()
     app = faust.App(settings.app_id, **conf)
