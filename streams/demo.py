@@ -123,6 +123,12 @@ def run_demo(settings: Settings, *, duration_s: float, sensors: int) -> dict[str
             "500",
         )
         click.echo(f"demo: running for {duration_s:.0f} s with {sensors} sensors (simulated time at 60x) ...")
+        # the duration counts from the first reading in Kafka, not from the simulator's start-up
+        # (on a loaded machine starting the simulator and its connection took most of 15 s)
+        first_by = time.monotonic() + 60.0
+        while (time.monotonic() < first_by and sim.poll() is None
+               and topic_message_count(cfg, settings.kafka.readings_topic) == 0):
+            time.sleep(0.5)
         deadline = time.monotonic() + duration_s if duration_s > 0 else float("inf")
         with contextlib.suppress(KeyboardInterrupt):
             while time.monotonic() < deadline and all(p.poll() is None for n, p in procs if n != "simulator"):
