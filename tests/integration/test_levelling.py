@@ -104,7 +104,6 @@ def test_a_backlog_is_read_level_and_exactly(tmp_path: Path, bootstrap: str) -> 
             return c.get("highwater") is not None and (c.get("read_offset") or -1) + 1 >= c["highwater"]
 
         wait_until(late_joiners_paused, 60, f"partition {late_joiners} to be read and paused", interval_s=0.05)
-        paused_at = try_stats(env)
         time.sleep(3.0)  # longer than the idle timeout, while the others catch up
         assert late_joiners in try_stats(env)["partitions_paused_for_skew"], "resumed too early for this test"
         assert publish_kafka(rest, producer_config=pcfg, topic=readings) == len(rest)
@@ -137,11 +136,10 @@ def test_a_backlog_is_read_level_and_exactly(tmp_path: Path, bootstrap: str) -> 
     assert final["late"] == 0 and final["dead_letters"] == 0
     assert final["readings_counted"] == len(messages)
 
-    # the late joiners were where this test put them, and paused with everything read
+    # the late joiners were on the partition this test put them on
     on = {m.partition() for m in consume_all(kafka_cfg(env), readings, timeout_s=3)
           if partition_of(m.key().decode()) == late_joiners}
     assert on == {late_joiners}, on
-    assert paused_at is not None
 
     # the readings partitions were paused and resumed, and no laggard stalled
     paused = len(re.findall(rf"levelling partitions topic={re.escape(readings)} paused=\[\d", log))

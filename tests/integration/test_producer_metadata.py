@@ -16,23 +16,18 @@ import uuid
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from confluent_kafka.admin import AdminClient, NewTopic
 
+from connectors.kafka import ensure_topics
 from streams.app import track_produced_topics
 
 pytestmark = pytest.mark.integration
 
 
-def create(bootstrap: str, *topics: str) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    for fut in admin.create_topics([NewTopic(t, 4, 1) for t in topics]).values():
-        fut.result(10)
-
-
 def test_a_record_queued_for_a_known_topic_is_delivered_after_a_new_topic_is_sent_to(bootstrap: str) -> None:
     tag = uuid.uuid4().hex[:8]
     known, new = f"md-{tag}-known", f"md-{tag}-new"
-    create(bootstrap, known)
+    cfg = {"bootstrap.servers": bootstrap}
+    ensure_topics(cfg, {known: 4})
     track_produced_topics()
 
     async def run() -> tuple[set[int] | None, bool]:
@@ -42,7 +37,7 @@ def test_a_record_queued_for_a_known_topic_is_delivered_after_a_new_topic_is_sen
         try:
             await producer.send_and_wait(known, b"first", partition=3)  # metadata from the start-up fetch
             queued = await producer.send(known, b"queued", partition=2)
-            create(bootstrap, new)
+            ensure_topics(cfg, {new: 4})
             await producer.send_and_wait(new, b"other", partition=1)  # tracks `new`, refreshes metadata
             await producer.client.force_metadata_update()
             parts = producer.client.cluster.partitions_for_topic(known)
