@@ -433,6 +433,10 @@ class AlertEngine:
         ts = self.clock(now_ms)
         if moved:  # a source's clock moved on without the event clock: judge silence now
             self._check_silence(ts)
+            # ... and the zones and drift windows that waited for the source to pass them
+            self._check_zones(now_ms)
+            if self._gather:
+                self._check_drift(now_ms, set(self._gather))
         self._check_timers(ts)
         return self._flush()
 
@@ -664,11 +668,16 @@ class AlertEngine:
             if g is None or rule is None or not g.pending:
                 continue
             if g.srcs:  # every source feeding the zone has passed the window (a silent one is not waited for)
-                fresh = [
-                    seen[0] for s in g.srcs
-                    if (seen := self.zone_src.get((g.p, key[1], s))) is not None and now_ms - seen[1] <= hold
-                ]
-                wm = min(fresh) if fresh else math.inf
+                # A source's windows come in end order, but one window's aggregates of a source can
+                # come in several batches: the source has passed a window once it has delivered a
+                # later one (or its progress marker says so), not when the window's first aggregate
+                # came (that judged windows without their peers still to come, and the changing peer
+                # set kept every drift rule unsettled on the broker).
+                wm = math.inf
+                for s in g.srcs:
+                    seen = self.zone_src.get((g.p, key[1], s))
+                    if seen is not None and now_ms - seen[1] <= hold:
+                        wm = min(wm, max(seen[0], self.src_ms.get((g.p, s), -1)) - 1)
                 complete = math.inf  # sources may hold peers not seen yet
             else:  # one ordered stream: a later window, or every peer seen so far, completes a window
                 wm, complete = g.newest_end - 1, len(g.members)
@@ -952,13 +961,17 @@ class AlertEngine:
             self._release(zr, z, now_ms)
 
     def _watermark(self, z: Track, now_ms: int) -> float:
-        """Event time every source feeding ``z`` has reached (sources silent for ``zone_hold`` aside)."""
+        """Event time every source feeding ``z`` has passed (sources silent for ``zone_hold`` aside).
+
+        A source has passed the window ends before the newest it delivered (or its progress
+        marker announced): its windows come in end order, but one window in several batches.
+        """
         wm = math.inf
         hold = self.cfg.zone_hold_ms
         for s in z.srcs:
             seen = self.zone_src.get((z.p, z.zone, s))
             if seen is not None and now_ms - seen[1] <= hold:
-                wm = min(wm, seen[0])
+                wm = min(wm, max(seen[0], self.src_ms.get((z.p, s), -1)) - 1)
         return wm
 
     def _known(self, z: Track, now_ms: int) -> float:

@@ -62,6 +62,8 @@ __all__ = [
     "format_table",
     "offline_aggregates",
     "offline_alerts",
+    "replay_engine_input",
+    "rescore_run",
     "run_evaluation",
     "score_alerts",
 ]
@@ -416,6 +418,52 @@ def offline_alerts(
     return records
 
 
+def replay_engine_input(records: Iterable[Mapping[str, Any]], rules: Any) -> list[dict[str, Any]]:
+    """Alert records of ``rules`` over a broker run's recorded engine input (``engine-input.jsonl``).
+
+    Each record is ``{"p": partition, "o": offset, "ts": broker timestamp ms, "v": message}`` as
+    :func:`run_evaluation` writes them. They are applied in broker-timestamp order (partition
+    order within a partition), with the timestamp as the host clock and the engine's 1 s timer
+    in between: the broker run's alerting, reproduced without the broker, to tune rules on it.
+    """
+    from alerting.engine import AlertEngine
+
+    engine = AlertEngine(rules)
+    out: list[dict[str, Any]] = []
+    last_tick: int | None = None
+    for r in sorted(records, key=lambda r: (int(r["ts"]), int(r["p"]), int(r["o"]))):
+        now, p, doc = int(r["ts"]), int(r["p"]), r["v"]
+        if last_tick is None:
+            last_tick = now
+        while now - last_tick >= 1000:
+            last_tick += 1000
+            out += engine.tick(last_tick)
+        kind = doc.get("t")
+        if kind == "aggs":
+            out += engine.process([dict(a) for a in doc["aggs"]], now, p)
+        elif kind == "src":
+            out += engine.progress({int(s): int(v) for s, v in doc["ends"].items()}, now, p)
+        elif kind == "cmd":
+            out += engine.command(doc, now)
+    if last_tick is not None:
+        out += engine.tick(last_tick + 1000)
+    return out
+
+
+def rescore_run(settings: Any, run_dir: str | Path, window_ms: int = 60_000) -> dict[str, Any]:
+    """Score ``settings``' rules on a broker run's recorded engine input (``run_dir`` of :func:`run_evaluation`)."""
+    from alerting.rules import load_rules
+
+    d = Path(run_dir)
+    truth = [orjson.loads(line) for line in (d / "truth.jsonl").read_bytes().splitlines() if line]
+    recorded = (orjson.loads(line) for line in (d / "engine-input.jsonl").read_bytes().splitlines() if line)
+    rules = load_rules(settings.alerting.rules_file, score_available=settings.models.enabled)
+    records = replay_engine_input(recorded, rules)
+    report = score_alerts(truth, records, window_ms)
+    report.update({"replayed_from": str(d), "alert_records": len(records)})
+    return report
+
+
 def evaluate_offline(
     scenario: Any = "default",
     rules_path: str | Path | None = None,
@@ -614,7 +662,8 @@ def run_evaluation(
         scenario: a scenario name or file, or a :class:`~simulators.scenario.Scenario`.
         speed: N times real time; 0 as fast as possible.
         out_dir: logs (``tansu.log``, ``worker.log``), ``truth.jsonl``, ``alerts.jsonl``,
-            ``report.json`` and the worker's data dir go here.
+            ``engine-input.jsonl`` (the alert engine's input), ``report.json`` and the worker's
+            data dir go here.
         window_ms: tumbling window size of the worker (the scenario ticks every 30 s).
         timeout_s: bound on the worker catching up after publishing.
         idle_timeout_ms: the worker's idle flush (wall time); it must exceed any pause of the
@@ -777,6 +826,12 @@ def run_evaluation(
             time.sleep(1.0)
         stats = _get_json(stats_url) or {}
         records = [orjson.loads(m.value()) for m in consume_all(cfg, kafka.alerts_topic, timeout_s=3)]
+        # The alert engine's input as it came (partition, offset, broker timestamp, value): a broker
+        # run's alerting can be replayed offline from it (``python -m simulators.evaluate --rescore DIR``).
+        with (out / "engine-input.jsonl").open("wb") as fh:
+            for m in consume_all(cfg, f"eval-{tag}-alerting-input", timeout_s=3):
+                doc = {"p": m.partition(), "o": m.offset(), "ts": m.timestamp()[1], "v": orjson.loads(m.value())}
+                fh.write(orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE))
     finally:
         if worker is not None:
             stop_process(worker)
@@ -805,7 +860,8 @@ def _terminate(signum: int, frame: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m simulators.evaluate [--scenario NAME] [--json] [--out-dir DIR] [--offline [--source-lag MS,..]]``."""
+    """``python -m simulators.evaluate [--scenario NAME] [--json] [--out-dir DIR] [--offline [--source-lag MS,..]]
+    [--rescore RUN_DIR]``."""
     import argparse
 
     from streams.settings import Settings
@@ -817,6 +873,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=1800.0)
     p.add_argument("--json", action="store_true")
     p.add_argument("--offline", action="store_true", help="in-process, no broker (see evaluate_offline)")
+    p.add_argument("--rescore", metavar="RUN_DIR", help="the rules on a broker run's recorded engine input")
     p.add_argument(
         "--source-lag",
         default="",
@@ -826,7 +883,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     signal.signal(signal.SIGTERM, _terminate)
     settings = Settings()
-    if args.offline:
+    if args.rescore:
+        report = rescore_run(settings, args.rescore)
+    elif args.offline:
         lags = [int(x) for x in args.source_lag.split(",") if x.strip()]
         report = evaluate_offline_with(settings, args.scenario, dict(enumerate(lags)) or None)
     else:

@@ -37,3 +37,15 @@ def influxd(service_dir: Path) -> Iterator[Service]:
     """A real InfluxDB 1.x server on a free port with a temporary data directory."""
     with run_influxd(service_dir) as svc:
         yield svc
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The fault tests' no-loss tallies (sent, processed, dead-lettered, lost), passed or not."""
+    import sys
+
+    support = sys.modules.get("tests.integration.test_faults_support")
+    lines = getattr(support, "FIGURES", None)
+    if lines:
+        terminalreporter.section("fault figures")
+        for line in lines:
+            terminalreporter.write_line(line)

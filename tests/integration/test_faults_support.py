@@ -193,11 +193,17 @@ class TcpProxy:
         self._srv.close()
 
 
+#: the tallies of this session's fault tests, printed at the end of the run (tests/conftest.py)
+FIGURES: list[str] = []
+
+
 def figures(name: str, sent: int, processed: int, dead_lettered: int, **extra: object) -> int:
-    """Print the no-loss tally of a fault test; returns ``lost`` (must be 0)."""
+    """Record the no-loss tally of a fault test; returns ``lost`` (must be 0)."""
     lost = sent - processed - dead_lettered
     more = " ".join(f"{k}={v}" for k, v in extra.items())
-    print(f"\nFAULT-FIGURES {name}: sent={sent} processed={processed} dead_lettered={dead_lettered} lost={lost} {more}")
+    line = f"FAULT-FIGURES {name}: sent={sent} processed={processed} dead_lettered={dead_lettered} lost={lost} {more}"
+    FIGURES.append(line.rstrip())
+    print("\n" + line)
     return lost
 
 

@@ -38,9 +38,9 @@ from tests.integration.harness import (
     try_stats,
     wait_until,
 )
-from tests.integration.test_faults_support import dedupe_aggregates_scored
+from tests.integration.test_faults_support import dedupe_aggregates_scored, figures, readings_in_windows
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +138,16 @@ def test_sigkill_mid_stream_then_restart_is_exactly_once(tmp_path: Path, bootstr
     assert after["late"] == 0 and after["dead_letters"] == 0, f"{after}\n{log_excerpt(log2)}"
     assert_matches_reference(aggregates, reference, "aggregates topic")
     assert sum(a["count"] for a in aggregates.values()) == expected_pairs  # nothing lost or counted twice
+    lost = figures(
+        "sigkill-restart",
+        sent=len(messages),
+        processed=readings_in_windows(aggregates),
+        dead_lettered=after["dead_letters"],
+        windows=len(aggregates),
+        re_emitted=duplicates,
+        redelivered_skipped=after["duplicates"],
+    )
+    assert lost == 0
 
     rows = store_window_rows(env)
     assert len(rows) == len(reference)

@@ -72,6 +72,11 @@ def test_a_source_running_ahead_does_not_move_the_zone_incident() -> None:
     now = [T0 + W + i * 1000 for i in range(len(batches))]  # a replay: a second of host time per batch
     out = deliver(eng, batches, now)
     assert raised(out) == raised(in_order())
+    assert eng._held  # the last window waits: no source has delivered a later one yet
+    # the host's progress marker: both sources have moved past the feed's last window
+    end = max(a["end_ms"] for a in A + B)
+    out += eng.progress({0: end + W, 1: end + W}, now[-1] + 1000, 0)
+    assert raised(out) == raised(in_order())
     assert not eng._held  # everything applied once source 1 caught up
 
 
