@@ -221,6 +221,8 @@ class AlertEngine:
         #: ordered stream, but the host consumes its partitions unevenly, so one source's windows
         #: reach the zones of one input partition later than those of another.
         self.src_ms: dict[tuple[int, int], int] = {}
+        #: host ms each ``src_ms`` entry last moved: a source's own clock runs on from there
+        self.src_wall: dict[tuple[int, int], int] = {}
         #: (engine input partition, zone, source partition) -> [newest window end, host ms last seen]:
         #: how far each source feeding a zone has got (the zone rules' event-time watermark).
         self.zone_src: dict[tuple[int, str, int], list[int]] = {}
@@ -346,6 +348,7 @@ class AlertEngine:
                 self._advance(latest, now_ms)
             if t.src >= 0 and t.last_seen_ms > self.src_ms.get((t.p, t.src), -1):
                 self.src_ms[(t.p, t.src)] = t.last_seen_ms
+                self.src_wall[(t.p, t.src)] = now_ms
             n += 1
         return n
 
@@ -386,6 +389,7 @@ class AlertEngine:
             if src is not None:
                 if end > src_ms.get((partition, src), -1):
                     src_ms[(partition, src)] = end
+                    self.src_wall[(partition, src)] = now_ms
                 zs = zone_src.get((partition, agg["zone"], src))
                 if zs is None:
                     zone_src[(partition, agg["zone"], src)] = [end, now_ms]
@@ -409,7 +413,7 @@ class AlertEngine:
             self._check_drift(now_ms, self._gathered)
         ts = self.clock(now_ms)
         if ts - self._last_silence_check >= 1000:
-            self._check_silence(ts)
+            self._check_silence(ts, now_ms)
         self._check_timers(ts)
         return self._flush()
 
@@ -428,11 +432,12 @@ class AlertEngine:
             end = int(end)
             if end > src_ms.get((partition, int(src)), -1):
                 src_ms[(partition, int(src))] = end
+                self.src_wall[(partition, int(src))] = now_ms
                 moved = True
             self._advance(end, now_ms)
         ts = self.clock(now_ms)
         if moved:  # a source's clock moved on without the event clock: judge silence now
-            self._check_silence(ts)
+            self._check_silence(ts, now_ms)
             # ... and the zones and drift windows that waited for the source to pass them
             self._check_zones(now_ms)
             if self._gather:
@@ -446,7 +451,7 @@ class AlertEngine:
         self._check_zones(now_ms)  # zones held for a source that has stopped delivering
         if self._gather:
             self._check_drift(now_ms, set(self._gather))  # windows held for a source that has stopped
-        self._check_silence(ts)
+        self._check_silence(ts, now_ms)
         self._check_timers(ts)
         return self._flush()
 
@@ -872,12 +877,11 @@ class AlertEngine:
             t.latched = False
             self._dirty.add(t.key)
 
-    def _check_silence(self, ts: int) -> None:
+    def _check_silence(self, ts: int, now_ms: int) -> None:
         self._last_silence_check = ts
         if not self._silence:
             return
         rules = self._silence_rules
-        lead = self.event_ms
         for key in sorted(self._silence_keys):
             t = self.tracks.get(key)
             rule = rules.get(t.rule) if t is not None else None
@@ -886,9 +890,19 @@ class AlertEngine:
             due = t.last_seen_ms + rule.silent_ms
             if ts < due:
                 continue
-            # The event clock of the sensor's own source: the lead, minus how far that source trails.
-            src_end = self.src_ms.get((t.p, t.src)) if t.src >= 0 else None
-            now_t = ts - (lead - src_end) if src_end is not None and lead is not None and lead > src_end else ts
+            # The event clock of the sensor's own source: its newest window end, run on by the host
+            # time since the lead or that source last moved, whichever is later. (Since the lead
+            # alone: when the sources ahead had finished a replay, the lead stood still while an
+            # input partition behind was still being caught up, and every sensor there looked
+            # silent as it came. Since the source alone: an input partition the host reads later
+            # than the others would look silent while it waits.)
+            key_src = (t.p, t.src)
+            src_end = self.src_ms.get(key_src) if t.src >= 0 else None
+            if src_end is not None:
+                moved = max(self.src_wall.get(key_src, now_ms), self.event_wall_ms)
+                now_t = src_end + max(0, now_ms - moved)  # never ahead of ts: src_end <= lead
+            else:
+                now_t = ts
             if now_t < due:
                 continue
             t.active = True

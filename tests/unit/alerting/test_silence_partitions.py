@@ -51,3 +51,30 @@ def test_a_sensor_alone_in_its_source_is_judged_on_the_sources_progress_markers(
     # markers are idempotent and never move a source back
     assert eng.progress({0: T0 + 3 * W}, T0 + W, partition=0) == []
     assert eng.src_ms[(0, 0)] == T0 + 8 * W
+
+
+def test_a_partition_still_catching_up_after_the_lead_finished_does_not_look_silent() -> None:
+    """The broker evaluation's end: input partition 0 has read the whole feed and stands still,
+    input partition 1 is ten hours behind and still being caught up, a window every second of
+    host time. Its sensors' clock runs on from when their source last moved there, not from when
+    the lead last moved: run on from the lead, every sensor caught up after the lead had stood
+    still for 5 min looked silent as it came (244 false ``sensor_silent`` alerts in one broker
+    run, and the zones' rate limits tripped and held incident alerts back)."""
+    eng = AlertEngine(load_rules(text=SILENT))
+    north, south = "env-futian-0001", "env-luohu-0002"  # the same source 0, routed to partitions 0 and 1
+    host = 1_000_000
+    eng.process([make_agg(north, i, 20, src=0) for i in range(600)], host, partition=0)  # the lead: done
+    out = []
+    for i in range(600):
+        host += 1000
+        out += eng.process([make_agg(south, i, 20, src=0, zone="luohu")], host, partition=1)
+        out += eng.tick(host)
+    assert [r["sensor_id"] for r in out if r["sensor_id"] == south] == []
+    # the feed is over: on the host clock, 5 min after partition 0 last moved its sensor is silent
+    [north_silent] = out
+    assert north_silent["sensor_id"] == north and north_silent["state"] == "raised"
+    assert north_silent["ts_ms"] - north_silent["evidence"]["last_reading_ts_ms"] == 5 * 60_000
+    # ... and 5 min after partition 1 caught up, so is the south sensor
+    assert eng.tick(host + 4 * 60_000) == []
+    [south_silent] = eng.tick(host + 6 * 60_000)
+    assert south_silent["sensor_id"] == south and south_silent["state"] == "raised"
