@@ -445,6 +445,21 @@ class AlertEngine:
         self._check_timers(ts)
         return self._flush()
 
+    def apply(self, doc: dict[str, Any], now_ms: int, partition: int = 0) -> list[dict[str, Any]]:
+        """Apply one message of the routed alerting topic: ``{"t": "aggs"|"src"|"cmd", ...}``.
+
+        The one dispatch the ``alerting`` agent and the recorded-input replay
+        (``simulators.evaluate.replay_engine_input``) share; other kinds are ignored.
+        """
+        kind = doc.get("t")
+        if kind == "aggs":
+            return self.process(doc["aggs"], now_ms, partition)
+        if kind == "src":
+            return self.progress({int(s): int(v) for s, v in doc["ends"].items()}, now_ms, partition)
+        if kind == "cmd":
+            return self.command(doc, now_ms)
+        return []
+
     def tick(self, now_ms: int) -> list[dict[str, Any]]:
         """Timer: silence, escalation and rate-limit summaries on the event clock."""
         ts = self.clock(now_ms)

@@ -438,13 +438,7 @@ def replay_engine_input(records: Iterable[Mapping[str, Any]], rules: Any) -> lis
         while now - last_tick >= 1000:
             last_tick += 1000
             out += engine.tick(last_tick)
-        kind = doc.get("t")
-        if kind == "aggs":
-            out += engine.process([dict(a) for a in doc["aggs"]], now, p)
-        elif kind == "src":
-            out += engine.progress({int(s): int(v) for s, v in doc["ends"].items()}, now, p)
-        elif kind == "cmd":
-            out += engine.command(doc, now)
+        out += engine.apply(doc, now, p)
     if last_tick is not None:
         out += engine.tick(last_tick + 1000)
     return out

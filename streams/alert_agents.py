@@ -320,13 +320,7 @@ def attach_alerting(  # noqa: C901 - one place that wires it all
             for e in events:
                 p = e.message.partition
                 ensure(p)
-                doc = orjson.loads(e.value)
-                if doc.get("t") == "aggs":
-                    out += engine.process(doc["aggs"], now, p)
-                elif doc.get("t") == "src":
-                    out += engine.progress({int(s): int(v) for s, v in doc["ends"].items()}, now, p)
-                elif doc.get("t") == "cmd":
-                    out += engine.command(doc, now)
+                out += engine.apply(orjson.loads(e.value), now, p)
             await publish(out)
             yield None
 
