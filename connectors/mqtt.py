@@ -9,6 +9,16 @@ report confirms its record, and acknowledgements go out in the order the message
 message whose record fails is never acknowledged, so the broker redelivers it. The same happens
 to messages that are still in flight when the connection drops or the bridge stops.
 
+At least once would count a redelivered reading twice: Kafka gives the copy a new offset, so the
+worker's offset-based dedupe cannot see it. The bridge therefore remembers the content of the
+last ``redelivery_memory`` messages Kafka confirmed. A message that comes again with the same
+topic and bytes is acknowledged and counted as ``redelivered``, not forwarded, when the broker
+marks it as a redelivery (the DUP flag) or it arrives within ``redelivery_grace_s`` of a
+reconnect (a publisher resending what it had in flight, which the broker passes on without the
+flag). Outside those, an identical message is forwarded: a sensor that sends a reading twice is a
+fault the alert rules are meant to see. The memory is per process: after a bridge restart,
+redeliveries are forwarded again (at least once still holds; nothing is lost).
+
 Security: :func:`secure_client` applies username/password and TLS (verifying the broker's
 certificate and host name) to any paho client. A broker that refuses the credentials, or whose
 certificate does not verify, stops the bridge with :class:`MqttConnectError` naming the broker
@@ -135,6 +145,8 @@ class BridgeCounters:
     forwarded: int = 0
     dead_lettered: int = 0
     errors: int = 0
+    #: messages recognised as broker or publisher redeliveries of a confirmed one (acknowledged, not forwarded)
+    redelivered: int = 0
 
 
 def subscription(topic_root: str) -> str:
@@ -198,13 +210,41 @@ def route(
 class _Pending:
     """One received message waiting for its Kafka delivery report."""
 
-    __slots__ = ("mid", "qos", "done", "ack")
+    __slots__ = ("mid", "qos", "done", "ack", "digest")
 
-    def __init__(self, mid: int, qos: int) -> None:
+    def __init__(self, mid: int, qos: int, digest: int = 0) -> None:
         self.mid = mid
         self.qos = qos
         self.done = False
         self.ack = False
+        self.digest = digest
+
+
+class _Recent:
+    """Content digests of the last ``size`` confirmed messages (a bounded multiset)."""
+
+    __slots__ = ("size", "order", "counts")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.order: deque[int] = deque()
+        self.counts: dict[int, int] = {}
+
+    def add(self, digest: int) -> None:
+        if self.size <= 0:
+            return
+        self.order.append(digest)
+        self.counts[digest] = self.counts.get(digest, 0) + 1
+        if len(self.order) > self.size:
+            old = self.order.popleft()
+            n = self.counts[old] - 1
+            if n:
+                self.counts[old] = n
+            else:
+                del self.counts[old]
+
+    def __contains__(self, digest: int) -> bool:
+        return digest in self.counts
 
 
 class MqttBridge:
@@ -218,6 +258,9 @@ class MqttBridge:
         max_payload_bytes: payload size limit passed to the validator.
         client: an existing paho client (default: a persistent v3.1.1 client with manual acks).
         poll_interval_s: how long :meth:`run` blocks in each ``producer.poll``.
+        redelivery_memory: confirmed messages remembered to recognise redeliveries (0: none).
+        redelivery_grace_s: after a reconnect, how long a remembered message counts as a redelivery
+            without the broker's DUP flag.
 
     Raises:
         ConfigError: the topic root holds wildcards or TLS files are incomplete or unreadable.
@@ -233,6 +276,8 @@ class MqttBridge:
         max_payload_bytes: int = MAX_PAYLOAD_BYTES,
         client: paho.Client | None = None,
         poll_interval_s: float = 0.05,
+        redelivery_memory: int = 20_000,
+        redelivery_grace_s: float = 30.0,
     ) -> None:
         root = mqtt.topic_root
         if not root or "+" in root or "#" in root or root.startswith("/") or root.endswith("/"):
@@ -259,7 +304,11 @@ class MqttBridge:
         self._lock = threading.Lock()
         self._ack_lock = threading.Lock()
         self._pending: deque[_Pending] = deque()
-        self._counts = {"received": 0, "forwarded": 0, "dead_lettered": 0, "errors": 0}
+        self._counts = {"received": 0, "forwarded": 0, "dead_lettered": 0, "errors": 0, "redelivered": 0}
+        self._recent = _Recent(redelivery_memory)
+        self._grace_ms = int(redelivery_grace_s * 1000)
+        self._redelivery_until_ms = -1  # set at each reconnect
+        self._connects = 0
         self._failure: KafkaError | None = None
         self._fatal: MqttConnectError | None = None
         self._closing = False
@@ -275,6 +324,8 @@ class MqttBridge:
             settings.kafka,
             clock=clock,
             max_payload_bytes=settings.max_payload_bytes,
+            redelivery_memory=settings.mqtt.redelivery_memory,
+            redelivery_grace_s=settings.mqtt.redelivery_grace_s,
         )
 
     def _make_client(self, mqtt: MqttSettings) -> paho.Client:
@@ -378,10 +429,11 @@ class MqttBridge:
         self._closed = True
         c = self.counters
         logger.info(
-            "mqtt bridge stopped received=%d forwarded=%d dead_lettered=%d errors=%d",
+            "mqtt bridge stopped received=%d forwarded=%d dead_lettered=%d redelivered=%d errors=%d",
             c.received,
             c.forwarded,
             c.dead_lettered,
+            c.redelivered,
             c.errors,
         )
 
@@ -412,6 +464,9 @@ class MqttBridge:
             # Acks only make sense on the connection that received the message; whatever is
             # still pending is redelivered by the broker on this new connection.
             self._pending.clear()
+            self._connects += 1
+            if self._connects > 1:  # what was in flight comes again now (see the module docstring)
+                self._redelivery_until_ms = self._clock() + self._grace_ms
         sub = subscription(self._mqtt.topic_root)
         client.subscribe(sub, qos=self._mqtt.qos)
         logger.info(
@@ -467,18 +522,26 @@ class MqttBridge:
         if self._closing:
             return  # not acknowledged: redelivered to the next session
         try:
-            self._handle(message.topic, bytes(message.payload), message.mid, message.qos)
+            self._handle(message.topic, bytes(message.payload), message.mid, message.qos, dup=bool(message.dup))
         except Exception:
             # Never let one message kill paho's network thread; it stays unacknowledged.
             logger.exception("mqtt message handling failed mid=%d", message.mid)
             self._bump("errors")
 
-    def _handle(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
+    def _handle(self, topic: str, payload: bytes, mid: int, qos: int, *, dup: bool = False) -> None:
         self._bump("received")
-        outcome = self.route(topic, payload, self._clock())
-        entry = _Pending(mid, qos)
+        now = self._clock()
+        digest = hash((topic, payload))
+        entry = _Pending(mid, qos, digest)
         with self._lock:
+            again = (dup or now < self._redelivery_until_ms) and digest in self._recent
             self._pending.append(entry)
+        if again:
+            logger.debug("skipped redelivered message topic=%s mid=%d dup=%s", topic, mid, dup)
+            self._bump("redelivered")
+            self._settle(entry, ack=True)
+            return
+        outcome = self.route(topic, payload, now)
         send: Callable[[], None]
         if isinstance(outcome, Forward):
             logger.debug("forwarding reading topic=%s bytes=%d", topic, len(payload))
@@ -529,6 +592,8 @@ class MqttBridge:
                 self._failure = err
             self._settle(entry, ack=False)
             return
+        with self._lock:
+            self._recent.add(entry.digest)
         self._bump(counter)
         self._settle(entry, ack=True)
 

@@ -103,6 +103,10 @@ class MqttSettings(_Section):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     keepalive_s: int = Field(default=30, ge=5)
+    #: Confirmed messages remembered to recognise QoS 1 redeliveries (connectors.mqtt); 0 turns it off.
+    redelivery_memory: int = Field(default=20_000, ge=0, le=10_000_000)
+    #: After a reconnect, how long a remembered message counts as a redelivery without the DUP flag.
+    redelivery_grace_s: float = Field(default=30.0, ge=0)
 
 
 class InfluxSettings(_Section):

@@ -386,3 +386,106 @@ def test_producer_config_is_durable_and_bounded() -> None:
     assert cfg["compression.type"] == "lz4"
     assert 0 < cfg["queue.buffering.max.messages"] <= 1_000_000
     Producer(cfg)  # librdkafka accepts every key (no connection is made until produce/poll)
+
+
+# -- QoS 1 redeliveries (the worker's offset dedupe cannot see them: Kafka gives a copy a new offset)
+
+
+def redelivery_bridge(memory: int = 100) -> tuple[MqttBridge, MagicMock, MagicMock, list[int]]:
+    client = MagicMock(spec_set=paho.Client)
+    producer = MagicMock(spec_set=Producer)
+    now = [NOW]
+    bridge = MqttBridge(mqtt_settings(), KafkaSettings(readings_topic="r", dlq_topic="d"), producer=producer,
+                        client=client, clock=lambda: now[0], redelivery_memory=memory, redelivery_grace_s=30)
+    return bridge, client, producer, now
+
+
+def resent(payload: bytes, mid: int) -> paho.MQTTMessage:
+    """The broker's redelivery of a message (DUP flag set)."""
+    msg = message(TOPIC, payload, mid)
+    msg.dup = True
+    return msg
+
+
+def connect(bridge: MqttBridge, client: MagicMock) -> None:
+    bridge._on_connect(client, None, paho.ConnectFlags(session_present=True), MagicMock(is_failure=False), None)
+
+
+def test_a_dup_flagged_redelivery_of_a_confirmed_message_is_acked_not_forwarded() -> None:
+    bridge, client, producer, _ = redelivery_bridge()
+    connect(bridge, client)
+    payload = dumps(good())
+    bridge._on_message(client, None, message(TOPIC, payload, mid=1))
+    deliver(producer, 0)
+    bridge._on_message(client, None, resent(payload, mid=2))
+    assert producer.produce.call_count == 1
+    assert [c.args for c in client.ack.call_args_list] == [(1, 1), (2, 1)]
+    assert bridge.counters == BridgeCounters(received=2, forwarded=1, redelivered=1)
+
+
+def test_an_identical_message_is_forwarded_outside_a_redelivery() -> None:
+    # a sensor sending the same reading twice is a fault the rules must see (readings per window)
+    bridge, client, producer, _ = redelivery_bridge()
+    connect(bridge, client)
+    payload = dumps(good())
+    bridge._on_message(client, None, message(TOPIC, payload, mid=1))
+    deliver(producer, 0)
+    bridge._on_message(client, None, message(TOPIC, payload, mid=2))
+    assert producer.produce.call_count == 2
+    assert bridge.counters.redelivered == 0
+
+
+def test_after_a_reconnect_resent_copies_are_skipped_until_the_grace_ends() -> None:
+    bridge, client, producer, now = redelivery_bridge()
+    connect(bridge, client)
+    first, second = dumps(good()), dumps(good(ts_ms=TS + 1_000))
+    bridge._on_message(client, None, message(TOPIC, first, mid=1))
+    bridge._on_message(client, None, message(TOPIC, second, mid=2))
+    deliver(producer, 0)
+    deliver(producer, 1)
+    now[0] += 60_000
+    connect(bridge, client)  # the broker came back; a publisher resends without the DUP flag
+    bridge._on_message(client, None, message(TOPIC, first, mid=1))
+    assert producer.produce.call_count == 2
+    now[0] += 30_001
+    bridge._on_message(client, None, message(TOPIC, second, mid=2))
+    assert producer.produce.call_count == 3  # past the grace: a sensor's own duplicate again
+    assert bridge.counters.redelivered == 1
+
+
+def test_a_redelivery_of_a_message_not_yet_confirmed_is_forwarded() -> None:
+    # acking the copy while the first record could still fail would lose the reading
+    bridge, client, producer, _ = redelivery_bridge()
+    connect(bridge, client)
+    payload = dumps(good())
+    bridge._on_message(client, None, message(TOPIC, payload, mid=1))
+    bridge._on_message(client, None, resent(payload, mid=1))
+    assert producer.produce.call_count == 2
+    assert bridge.counters.redelivered == 0
+
+
+def test_a_skipped_redelivery_is_acked_in_arrival_order() -> None:
+    bridge, client, producer, _ = redelivery_bridge()
+    connect(bridge, client)
+    old = dumps(good())
+    bridge._on_message(client, None, message(TOPIC, old, mid=1))
+    deliver(producer, 0)
+    bridge._on_message(client, None, message(TOPIC, dumps(good(ts_ms=TS + 2_000)), mid=2))
+    bridge._on_message(client, None, resent(old, mid=3))
+    assert [c.args for c in client.ack.call_args_list] == [(1, 1)]  # mid 3 waits for mid 2
+    deliver(producer, 1)
+    assert [c.args for c in client.ack.call_args_list] == [(1, 1), (2, 1), (3, 1)]
+
+
+def test_the_redelivery_memory_is_bounded() -> None:
+    bridge, client, producer, _ = redelivery_bridge(memory=2)
+    connect(bridge, client)
+    payloads = [dumps(good(ts_ms=TS + 1_000 * v)) for v in range(3)]
+    for i, p in enumerate(payloads):
+        bridge._on_message(client, None, message(TOPIC, p, mid=i + 1))
+        deliver(producer, i)
+    assert len(bridge._recent.order) == 2
+    bridge._on_message(client, None, resent(payloads[0], mid=9))  # forgotten: forwarded again (at least once)
+    assert producer.produce.call_count == 4
+    bridge._on_message(client, None, resent(payloads[2], mid=10))
+    assert producer.produce.call_count == 4
