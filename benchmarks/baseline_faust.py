@@ -3,7 +3,8 @@
 ``python -m benchmarks baseline_faust worker`` runs it (configured from ``BASELINE_*`` variables,
 set by :mod:`benchmarks.e2e`). What it does, event by event, as the Faust docs suggest:
 
-* a per-event agent on the readings topic: ``parse_reading`` (the same validation as UrbanSense),
+* a per-event agent on the readings topic: ``parse_reading`` (the same validation as UrbanSense)
+  of the record, or of each reading of a frame (:mod:`streams.frames`, all of one event time),
   then for each metric read-modify-write of a **Faust windowed table**
   (``app.Table(...).tumbling(size, expires=size + lateness)``, keyed ``sensor|metric``, windowed
   on the message timestamp = event time); every table write is a changelog record;
@@ -31,6 +32,7 @@ import faust
 import orjson
 
 from streams.errors import InvalidReading
+from streams.frames import split_frame
 from streams.schema import parse_reading
 
 logger = logging.getLogger(__name__)
@@ -81,24 +83,25 @@ def build_app(env: dict[str, str]) -> faust.App:  # noqa: C901 - the whole app, 
     @app.agent(readings)
     async def process(stream: faust.StreamT) -> Any:
         async for event in stream.events():
-            stats["readings_in"] += 1
-            try:
-                r = parse_reading(event.value, now_ms=int(event.message.timestamp * 1000) + 86_400_000)
-            except InvalidReading:
-                stats["dead_letters"] += 1
-                continue
-            for metric, value in r.metrics.items():
-                key = f"{r.sensor_id}|{metric}"
-                w = dict(windows[key].current())
-                if not w:
-                    w = {"kind": r.kind, "zone": r.zone, "unit": r.units.get(metric, ""), "count": 0, "sum": 0.0,
-                         "min": value, "max": value, "first_ts_ms": r.ts_ms}
-                w["count"] += 1
-                w["sum"] += value
-                w["min"] = min(w["min"], value)
-                w["max"] = max(w["max"], value)
-                w["first_ts_ms"] = min(w["first_ts_ms"], r.ts_ms)
-                windows[key] = w
+            for raw in split_frame(event.value):  # a record holds one reading, or a frame of them
+                stats["readings_in"] += 1
+                try:
+                    r = parse_reading(raw, now_ms=int(event.message.timestamp * 1000) + 86_400_000)
+                except InvalidReading:
+                    stats["dead_letters"] += 1
+                    continue
+                for metric, value in r.metrics.items():
+                    key = f"{r.sensor_id}|{metric}"
+                    w = dict(windows[key].current())
+                    if not w:
+                        w = {"kind": r.kind, "zone": r.zone, "unit": r.units.get(metric, ""), "count": 0,
+                             "sum": 0.0, "min": value, "max": value, "first_ts_ms": r.ts_ms}
+                    w["count"] += 1
+                    w["sum"] += value
+                    w["min"] = min(w["min"], value)
+                    w["max"] = max(w["max"], value)
+                    w["first_ts_ms"] = min(w["first_ts_ms"], r.ts_ms)
+                    windows[key] = w
             yield None
 
     @app.task

@@ -88,8 +88,13 @@ def publish(spec: dict[str, Any]) -> dict[str, Any]:
 
     Live (``start_ms`` None): event time = the wall clock, paced in tenths of a second.
     Backlog (``start_ms`` given): as fast as the producer goes.
+    ``spec['frame']`` > 1: up to that many readings of one partition and one event time per Kafka
+    record (:mod:`streams.frames`); the readings handed
+    to the producer so far are written to ``spec['progress']`` (records no longer count readings).
     """
     from confluent_kafka import Producer
+
+    from streams.frames import Framer, encode_frame, kafka_partition
 
     live = spec.get("start_ms") is None
     start_ms = (time.time_ns() // 1_000_000 // 1000 + 1) * 1000 if live else int(spec["start_ms"])
@@ -100,6 +105,18 @@ def publish(spec: dict[str, Any]) -> dict[str, Any]:
     })
     topic = spec["topic"]
     sent = 0
+    frame, partitions = int(spec.get("frame", 1)), int(spec.get("partitions", 4))
+    framer = Framer(lambda key: kafka_partition(key, partitions), frame) if frame > 1 else None
+    progress = Path(spec["progress"]) if spec.get("progress") else None
+
+    def produce(value: bytes, key: bytes | None, ts_ms: int, partition: int = -1) -> None:
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, timestamp=ts_ms, partition=partition)
+                return
+            except BufferError:
+                producer.poll(0.05)
+
     batches = feed(spec, start_ms)
     if not live:  # generate first: the backlog reaches the broker without gaps
         batches = [(b.ts_ms, b.to_messages()) for b in batches]
@@ -116,13 +133,16 @@ def publish(spec: dict[str, Any]) -> dict[str, Any]:
                     time.sleep(delay)
             for mqtt_topic, payload in msgs[j * step : (j + 1) * step]:
                 key = mqtt_topic.rsplit("/", 1)[-1].encode()
-                while True:
-                    try:
-                        producer.produce(topic, value=payload, key=key, timestamp=ts_ms)
-                        break
-                    except BufferError:
-                        producer.poll(0.05)
+                if framer is None:
+                    produce(payload, key, ts_ms)
+                elif (full := framer.add(key, payload)) is not None:
+                    produce(encode_frame(full[1]), None, ts_ms, full[0])
                 sent += 1
+            if framer is not None:  # a frame holds one event time (the baseline windows on the record's)
+                for p, group in framer.drain():
+                    produce(encode_frame(group), None, ts_ms, p)
+            if progress is not None:
+                progress.write_text(str(sent))
             producer.poll(0)
     left = producer.flush(60)
     return {"sent": sent, "undelivered": left, "start_ms": start_ms, "publish_s": time.time() - t_first}
@@ -328,9 +348,9 @@ class Bench:
 
     # -- one scenario --------------------------------------------------------------------------
     def scenario(self, system: str, *, rate: int | None, workers: int = 1, backlog: int = 0,
-                 max_s: float = 120.0) -> dict[str, Any]:
+                 max_s: float = 120.0, frame: int = 1) -> dict[str, Any]:
         a = self.args
-        tag = f"{system}-{workers}w-{rate or 'max'}-{uuid.uuid4().hex[:6]}"
+        tag = f"{system}-{workers}w-{rate or 'max'}-f{frame}-{uuid.uuid4().hex[:6]}"
         db = f"db_{tag}"
         # workers first (they declare the topics), then the load: no rebalance during the measurement
         if system == "baseline":
@@ -360,6 +380,10 @@ class Bench:
             else:  # live: event time = wall clock
                 spec = {"topic": topic, "sensors": rate, "seconds": a.seconds,
                         "incident_after_s": max(2, a.window_s // 2)}
+            progress = self.tmp / f"{tag}.progress"
+            if frame > 1:  # records no longer count readings: the publisher says how many it sent
+                spec.update(frame=frame, partitions=a.partitions, progress=str(progress))
+            pub_out: dict[str, Any] = {}
             pub = self.run_publisher(spec, wait=False)
             samples: list[dict[str, Any]] = []
             pub_done_t = None
@@ -371,12 +395,20 @@ class Bench:
                 st = self.stats(urls)
                 consumed = sum(s.get(stat_key, 0) for s in st)
                 produced = end_offsets(self.meta, topic, a.partitions)
+                if frame > 1:
+                    try:
+                        produced = int(progress.read_text() or 0)
+                    except (OSError, ValueError):
+                        produced = 0
                 samples.append({"t_s": round(now - t0, 2), "consumed": consumed, "produced": produced,
                                 "lag": max(0, produced - consumed),
                                 "points_written": sum(s.get("points_written", 0) for s in st)})
                 if pub_done_t is None and pub.poll() is not None:
                     pub_done_t = now
                     target = produced
+                    if frame > 1 and pub.stdout:
+                        pub_out = orjson.loads(pub.stdout.read() or b"{}")
+                        target = pub_out.get("sent", produced)
                 if target is not None and consumed >= target and settle_until is None:
                     # let the last windows close (idle timeout; the baseline: Faust's wall-clock expiry)
                     wait = (self.backlog_idle_ms / 1000 if backlog and system == "ours" else a.window_s)
@@ -392,12 +424,14 @@ class Bench:
             rss = [round(proc_peak_rss_mb(p.proc.pid), 1) for p in procs]
             if pub.poll() is None:
                 pub.kill()
-            pub_out = orjson.loads(pub.stdout.read() or b"{}") if pub.stdout else {}
+            if frame <= 1 or pub_done_t is None:
+                pub_out = orjson.loads(pub.stdout.read() or b"{}") if pub.stdout else {}
         finally:
             for p in procs:
                 p.stop()
         out = self._summarise(system, rate, workers, backlog, samples, reader.records, cpu, rss, pub_out, db,
                               pub_done_t - t0 if pub_done_t else None)
+        out["readings_per_record"] = frame
         if not backlog and not out["alerts"] and pub_out.get("start_ms"):
             # No alert arrived before we stopped watching: the incident's alerts take longer than this.
             onset_ms = pub_out["start_ms"] + spec["incident_after_s"] * 1000
@@ -660,6 +694,8 @@ def main(argv: list[str]) -> int:  # noqa: C901, PLR0915 - one benchmark driver
     ap.add_argument("--baseline-backlog", type=int, default=60_000)
     ap.add_argument("--writer-points", type=int, default=200_000)
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--frame", type=int, default=100,
+                    help="readings per Kafka record (streams.frames) for both systems; 1: one reading per record")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here (without per-window data)")
     ap.add_argument("--plot", type=Path, default=None, help="write the latency/lag PNG here (needs matplotlib)")
     ap.add_argument("--writer-only", action="store_true", help="only the InfluxDB writer benchmark")
@@ -703,15 +739,20 @@ def main(argv: list[str]) -> int:  # noqa: C901, PLR0915 - one benchmark driver
         influx = stack.enter_context(run_influxd(tmp))
         bench = Bench(tmp, f"127.0.0.1:{tansu.port}", f"http://127.0.0.1:{influx.port}", args)
         writer = writer_bench(bench.influx_url, args.writer_points, influx.proc.pid)
-        ours = {str(r): bench.scenario("ours", rate=r, max_s=args.seconds + args.window_s + 40) for r in loads}
+        f = args.frame
+        ours = {str(r): bench.scenario("ours", rate=r, max_s=args.seconds + args.window_s + 40, frame=f) for r in loads}
         drain_s = args.backlog / 2000 + 60
-        ours["max"] = bench.scenario("ours", rate=None, backlog=args.backlog, max_s=drain_s)
-        ours["max_2_workers"] = bench.scenario("ours", rate=None, backlog=args.backlog, workers=2, max_s=drain_s)
+        ours["max"] = bench.scenario("ours", rate=None, backlog=args.backlog, max_s=drain_s, frame=f)
+        ours["max_2_workers"] = bench.scenario("ours", rate=None, backlog=args.backlog, workers=2, max_s=drain_s,
+                                               frame=f)
+        if f > 1:  # what one reading per record (the MQTT bridge's output) gives
+            ours["max_one_per_record"] = bench.scenario("ours", rate=None, backlog=args.backlog, max_s=drain_s)
         base: dict[str, Any] = {}
         if not args.skip_baseline:
-            base = {str(r): bench.scenario("baseline", rate=r, max_s=args.seconds + args.window_s + 40) for r in loads}
+            base = {str(r): bench.scenario("baseline", rate=r, max_s=args.seconds + args.window_s + 40, frame=f)
+                    for r in loads}
             base["max"] = bench.scenario("baseline", rate=None, backlog=args.baseline_backlog,
-                                         max_s=3 * args.window_s + 70)
+                                         max_s=3 * args.window_s + 70, frame=f)
     one, two = ours["max"], ours["max_2_workers"]
     w1, w2 = one.pop("_windows"), two.pop("_windows")
     scale = same_windows(w1, w2)
@@ -724,6 +765,8 @@ def main(argv: list[str]) -> int:  # noqa: C901, PLR0915 - one benchmark driver
     result: dict[str, Any] = {
         "pipeline_readings_per_s": pipeline.get("pipeline_readings_per_s"),
         "e2e_readings_per_s": ours["max"]["readings_per_s"],
+        "readings_per_record": f,
+        "e2e_readings_per_s_one_per_record": (ours.get("max_one_per_record") or ours["max"])["readings_per_s"],
         "e2e_readings_per_s_2_workers": two["readings_per_s"],
         "scale_out_speedup": round(two["readings_per_s"] / max(one["readings_per_s"], 1), 2),
         "scale_out_results_equal": scale,
@@ -741,6 +784,7 @@ def main(argv: list[str]) -> int:  # noqa: C901, PLR0915 - one benchmark driver
         "records/s to consumers on this machine); pipeline_readings_per_s and influx_points_per_s do not",
         "settings": {"window_s": args.window_s, "allowed_lateness_ms": args.lateness_ms,
                      "idle_timeout_ms": 2000, "partitions": args.partitions, "seconds_per_load": args.seconds,
+                     "readings_per_record": f,
                      "backlog": args.backlog, "backlog_sensors": args.backlog_sensors, "cores": os.cpu_count()},
         "writer": writer,
         "ours": ours,

@@ -54,6 +54,8 @@ from typing import Any
 
 import orjson
 
+from streams.frames import kafka_partition
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -284,17 +286,6 @@ class _CountLate(logging.Filter):
             self.dropped += 1
             return False
         return True
-
-
-def kafka_partition(key: bytes, partitions: int) -> int:
-    """The partition the producers pick for ``key`` (murmur2, as Kafka's Java client and aiokafka).
-
-    >>> kafka_partition(b"crd-baoan-0075", 4)
-    0
-    """
-    from aiokafka.partitioner import murmur2
-
-    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def offline_aggregates(
@@ -625,7 +616,8 @@ def _publish_end_marks(settings: Any, plan: Any, window_ms: int) -> int:
 
     marks = _end_marks(plan, window_ms, settings.window.allowed_lateness_ms)
     items = [x for tick in feed(marks, "message", topic_root=settings.mqtt.topic_root) for x in tick]
-    return publish_kafka(items, producer_config=producer_config(settings.kafka), topic=settings.kafka.readings_topic)
+    return publish_kafka(items, producer_config=producer_config(settings.kafka), topic=settings.kafka.readings_topic,
+                         frame=settings.kafka.frame_readings)
 
 
 def _end_marks(plan: Any, window_ms: int, allowed_lateness_ms: int) -> Any:

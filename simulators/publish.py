@@ -13,6 +13,7 @@ on a monotonic clock (injectable, like the sleep function, so pacing is testable
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import math
 import threading
@@ -27,6 +28,7 @@ import paho.mqtt.client as mqtt
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from streams.errors import ConfigError, InvalidReading, UrbanSensingError
+from streams.frames import MAX_FRAME_READINGS, Framer, encode_frame, kafka_partition
 from streams.schema import parse_reading
 
 logger = logging.getLogger(__name__)
@@ -241,6 +243,15 @@ def publish_mqtt(
 # Kafka
 
 
+def _partition_count(producer: Producer, topic: str) -> int:
+    meta = producer.list_topics(topic, timeout=10).topics.get(topic)
+    if meta is None or meta.error is not None or not meta.partitions:
+        why = meta.error if meta is not None else "unknown topic"
+        msg = f"kafka topic {topic}: cannot frame readings without its partition count ({why}); create it first"
+        raise PublishError(msg)
+    return len(meta.partitions)
+
+
 def _event_time_ms(payload: bytes, now_ms: int) -> int:
     try:
         return parse_reading(payload, now_ms=now_ms).ts_ms
@@ -259,12 +270,19 @@ def publish_kafka(
     clock: Clock = time.monotonic,
     sleep: Sleep = time.sleep,
     producer_factory: Callable[[dict[str, Any]], Producer] = Producer,
+    frame: int = 1,
 ) -> int:
     """Produce every message to one Kafka topic and wait for all deliveries.
 
     The record key is the sensor id (the topic's last segment), the value the payload, and the
     record timestamp the reading's event time (see the module docstring). The producer runs
     with ``acks=all`` and ``enable.idempotence=true``.
+
+    With ``frame`` > 1, consecutive messages of one event time that go to the same partition
+    (the sensor id's, by murmur2 as Kafka's default partitioner) share a record: a frame of up to
+    ``frame`` readings (:mod:`streams.frames`), with no key and that event time as its timestamp.
+    The worker pays its per-record cost once per frame. A frame is sent when it is full or the
+    event time moves on, so pacing still applies reading by reading.
 
     Args:
         messages: ``(mqtt_topic, payload[, ts_ms])`` tuples.
@@ -276,9 +294,10 @@ def publish_kafka(
         clock: monotonic clock for pacing.
         sleep: sleep function for pacing.
         producer_factory: builds the producer (tests inject a fake).
+        frame: readings per record, at most (1: every message is a record of its own).
 
     Returns:
-        The number of records delivered.
+        The number of messages delivered (readings, framed or not).
 
     Raises:
         ConfigError: ``producer_config`` weakens ``acks`` or idempotence, or bad ``rate_per_s``.
@@ -293,17 +312,43 @@ def publish_kafka(
             f"enable.idempotence={producer_config.get('enable.idempotence')!r}"
         )
         raise ConfigError(msg)
+    if not 1 <= frame <= MAX_FRAME_READINGS:
+        msg = f"publish_kafka frame: expected 1..{MAX_FRAME_READINGS} readings per record, got {frame}"
+        raise ConfigError(msg)
     pacer = Pacer(rate_per_s, clock=clock, sleep=sleep)
     producer = producer_factory({**producer_config, "acks": "all", "enable.idempotence": True})
 
     errors: list[KafkaError] = []
     delivered = [0]
 
-    def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+    def on_delivery(err: KafkaError | None, _msg: Message, n: int = 1) -> None:
         if err is not None:
             errors.append(err)
         else:
-            delivered[0] += 1
+            delivered[0] += n
+
+    def produce(value: bytes, key: bytes | None, ts_ms: int, partition: int = -1, n: int = 1) -> None:
+        report = on_delivery if n == 1 else functools.partial(on_delivery, n=n)
+        where = {} if partition < 0 else {"partition": partition}
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, timestamp=ts_ms, on_delivery=report, **where)
+                return
+            except BufferError:
+                producer.poll(0.1)  # local queue full: serve delivery reports, then retry
+            except KafkaException as exc:
+                msg = f"kafka topic {topic}: produce of key={key!r} failed: {exc}"
+                raise PublishError(msg) from exc
+
+    framer: Framer | None = None
+    frame_ts = [0]
+    if frame > 1:
+        partitions = _partition_count(producer, topic)
+        framer = Framer(lambda key: kafka_partition(key, partitions), frame)
+
+    def send_frames(groups: Iterable[tuple[int, list[bytes]]]) -> None:
+        for p, group in groups:
+            produce(encode_frame(group), None, frame_ts[0], p, len(group))
 
     def fail_on_errors() -> None:
         if errors:
@@ -318,20 +363,22 @@ def publish_kafka(
             ts_ms = _event_time_ms(payload, now_ms())
         key = mqtt_topic.rsplit("/", 1)[-1].encode()
         pacer.wait()
-        while True:
-            try:
-                producer.produce(topic, value=payload, key=key, timestamp=ts_ms, on_delivery=on_delivery)
-                break
-            except BufferError:
-                producer.poll(0.1)  # local queue full: serve delivery reports, then retry
-            except KafkaException as exc:
-                msg = f"kafka topic {topic}: produce of key={key!r} failed: {exc}"
-                raise PublishError(msg) from exc
+        if framer is None:
+            produce(payload, key, ts_ms)
+        else:
+            if ts_ms != frame_ts[0]:  # a frame holds one event time
+                send_frames(framer.drain())
+                frame_ts[0] = ts_ms
+            full = framer.add(key, payload)
+            if full is not None:
+                send_frames([full])
         producer.poll(0)
         fail_on_errors()
         sent += 1
         if debug:
             logger.debug("kafka produce topic=%s key=%s ts_ms=%d bytes=%d", topic, key, ts_ms, len(payload))
+    if framer is not None:
+        send_frames(framer.drain())
     remaining = producer.flush(flush_timeout_s)
     fail_on_errors()
     if remaining:

@@ -268,6 +268,7 @@ def replay(
     kafka_config: dict[str, Any] | None = None,
     kafka_topic: str = "urban.readings.v1",
     stop: threading.Event | None = None,
+    kafka_frame: int = 1,
 ) -> int:
     """Replay a recording over MQTT or Kafka; returns the number of messages published.
 
@@ -285,6 +286,7 @@ def replay(
             ``client_id``, ``qos``, ...).
         kafka_config: librdkafka producer settings (at least ``bootstrap.servers``).
         kafka_topic: Kafka topic; records are keyed by sensor id and stamped with event time.
+        kafka_frame: readings per Kafka record (:func:`~simulators.publish.publish_kafka`).
         stop: set it to stop early.
 
     Raises:
@@ -306,7 +308,7 @@ def replay(
         if not kafka_config:
             msg = "replay kafka_config: expected producer settings with bootstrap.servers, got none"
             raise ReplayError(msg)
-        n = publish_kafka(messages, producer_config=kafka_config, topic=kafka_topic)
+        n = publish_kafka(messages, producer_config=kafka_config, topic=kafka_topic, frame=kafka_frame)
     else:
         msg = f"replay transport: expected mqtt or kafka, got {transport!r}"
         raise ReplayError(msg)

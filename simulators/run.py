@@ -142,7 +142,8 @@ def _sink(
         from simulators.publish import publish_kafka
 
         return publish_kafka(
-            messages, producer_config=producer_config(settings.kafka), topic=settings.kafka.readings_topic
+            messages, producer_config=producer_config(settings.kafka), topic=settings.kafka.readings_topic,
+            frame=settings.kafka.frame_readings,
         )
     from simulators.publish import write_jsonl
 
@@ -442,5 +443,6 @@ def run_replay(
         },
         kafka_config=producer_config(settings.kafka),
         kafka_topic=settings.kafka.readings_topic,
+        kafka_frame=settings.kafka.frame_readings,
         stop=stop,
     )

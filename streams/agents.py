@@ -142,9 +142,10 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
                 ("urban.late.by_ms", str(info.late_by_ms).encode()),
                 ("urban.late.watermark_ms", str(info.watermark_ms).encode()),
                 ("urban.late.window_start_ms", str(info.window_start_ms).encode()),
-                ("urban.late.source", f"kafka:{rec.topic}/{rec.partition}@{rec.offset}".encode()),
+                ("urban.late.source", rec.source.encode()),
             ]
-            await late.send(key=rec.key, value=rec.value, headers=headers, timestamp=_ts(info.reading.ts_ms))
+            key = rec.key if rec.index < 0 else info.reading.sensor_id.encode()  # a frame has no one key
+            await late.send(key=key, value=rec.value, headers=headers, timestamp=_ts(info.reading.ts_ms))
         for agg in out.aggregates:
             await aggregates.send(
                 key=agg["sensor_id"].encode(), value=orjson.dumps(agg), timestamp=_ts(agg["start_ms"])

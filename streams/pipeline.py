@@ -17,6 +17,7 @@ from alerting.rules import ThresholdRule, alert_id, evaluate
 from streams.deadletter import DeadLetter, dead_letter
 from streams.engine import DUPLICATE, NO_WATERMARK, Ahead, Late, PartitionWindows, WindowSpec, decoded
 from streams.errors import InvalidReading
+from streams.frames import MAX_FRAME_READINGS, dedupe_offset, is_frame, split_frame
 from streams.schema import MAX_PAYLOAD_BYTES, ReadingRows, parse_batch
 
 logger = logging.getLogger(__name__)
@@ -34,17 +35,52 @@ SCORER_KEY_PREFIXES = ("__f__:", "__fs__:")
 CARDINALITY_RULE = "cardinality_limit"
 #: Dead-letter reason of a reading refused as too far ahead of its partition's frontier.
 CLOCK_AHEAD = "clock_ahead"
+#: Dead-letter reason of a frame holding more readings than its offsets can tell apart.
+FRAME_TOO_LONG = "frame_too_long"
 
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """One consumed record: where it came from and its bytes."""
+    """One consumed reading: where it came from and its bytes.
+
+    A Kafka record holding a frame of readings (:mod:`streams.frames`) becomes one ``Record`` per
+    reading, with the record's ``offset`` and the reading's ``index`` in the frame (-1: the record
+    is a single reading).
+    """
 
     partition: int
     offset: int
     value: bytes
     key: bytes | None = None
     topic: str = ""
+    index: int = -1
+
+    @property
+    def source(self) -> str:
+        """Where the reading came from, as dead letters and logs name it."""
+        where = f"kafka:{self.topic}/{self.partition}@{self.offset}"
+        return where if self.index < 0 else f"{where}#{self.index}"
+
+
+def expand_frames(records: list[Record]) -> tuple[list[Record], list[Record]]:
+    """Each reading of the framed records as a record of its own; frames too long to index apart.
+
+    Returns the readings (frames expanded in place, in order) and the frames over
+    :data:`~streams.frames.MAX_FRAME_READINGS` readings, which are dead-lettered whole.
+    """
+    out: list[Record] = []
+    too_long: list[Record] = []
+    for rec in records:
+        if not is_frame(rec.value):
+            out.append(rec)
+            continue
+        parts = split_frame(rec.value)
+        if len(parts) > MAX_FRAME_READINGS:
+            too_long.append(rec)
+            continue
+        p, off, key, topic = rec.partition, rec.offset, rec.key, rec.topic
+        out += [Record(p, off, part, key, topic, i) for i, part in enumerate(parts)]
+    return out, too_long
 
 
 @dataclass(slots=True)
@@ -170,14 +206,21 @@ class Pipeline:
         out = Output()
         c = self.counters
         recs = records if isinstance(records, list) else list(records)
-        c.readings_in += len(recs)
+        too_long: list[Record] = []
+        if any(is_frame(r.value) for r in recs):
+            recs, too_long = expand_frames(recs)
+        c.readings_in += len(recs) + len(too_long)
         groups: dict[int, list[int]] = {}  # input positions per partition
         for i, rec in enumerate(recs):
             group = groups.get(rec.partition)
             if group is None:
                 group = groups[rec.partition] = []
             group.append(i)
-        dls: list[tuple[int, DeadLetter]] = []
+        dls: list[tuple[int, DeadLetter]] = [
+            (-1, self._dead_letter(r, InvalidReading(FRAME_TOO_LONG, (
+                f"frame of {len(split_frame(r.value))} readings: expected at most {MAX_FRAME_READINGS}")), now_ms))
+            for r in too_long
+        ]
         by_partition: dict[int, tuple[list[Record], ReadingRows]] = {}
         at: dict[int, list[int]] = {}
         for p, idx in groups.items():
@@ -196,7 +239,8 @@ class Pipeline:
             precs, prows = by_partition[p]
             pw = self.partitions.get(p) or self.partition(p, table or ())
             held, ahead = pw.held_ahead, set(pw.ahead)
-            results = pw.add_rows(prows, [precs[i].offset for i in prows.index], now_ms)
+            results = pw.add_rows(prows, [dedupe_offset(precs[i].offset, max(precs[i].index, 0)) for i in prows.index],
+                                  now_ms)
             n_dup = n_late = n_refused = 0
             worst: Late | None = None
             for k, result in enumerate(results if results.count(None) < len(results) else ()):
@@ -237,7 +281,7 @@ class Pipeline:
             f"ahead of partition {rec.partition}'s event-time frontier {info.frontier_ms} while no other sensor "
             f"is that far ahead, got {info.ahead_by_ms} ms ahead"
         )
-        source = f"kafka:{rec.topic}/{rec.partition}@{rec.offset}"
+        source = rec.source
         logger.warning("dead-lettered reading source=%s reason=%s sensor_id=%s", source, CLOCK_AHEAD, r.sensor_id)
         return dead_letter(rec.value, InvalidReading(CLOCK_AHEAD, detail), source=source, now_ms=now_ms, key=rec.key)
 
@@ -284,7 +328,7 @@ class Pipeline:
 
     def _dead_letter(self, rec: Record, err: InvalidReading, now_ms: int) -> DeadLetter:
         self.counters.dead_letters += 1
-        source = f"kafka:{rec.topic}/{rec.partition}@{rec.offset}"
+        source = rec.source
         logger.warning("dead-lettered reading source=%s reason=%s", source, err.reason)
         return dead_letter(rec.value, err, source=source, now_ms=now_ms, key=rec.key)
 
@@ -311,7 +355,7 @@ class Pipeline:
         c = self.counters
         c.dead_letters += 1
         c.cardinality_limited += 1
-        source = f"kafka:{rec.topic}/{p}@{rec.offset}"
+        source = rec.source
         detail = (
             f"reading sensor_id={sid}: partition {p} already tracks {len(pw.sensors) + len(new)} sensor ids, "
             f"expected at most {limit} (URBAN_MAX_SENSORS_PER_PARTITION)"

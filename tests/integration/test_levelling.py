@@ -28,9 +28,9 @@ import pytest
 
 from connectors.kafka import consume_all, producer_config
 from simulators.city import build_city
-from simulators.evaluate import kafka_partition
 from simulators.generators import generate
 from simulators.publish import publish_kafka
+from streams.frames import kafka_partition
 from streams.settings import KafkaSettings
 from tests.integration.harness import (
     assert_matches_reference,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from alerting.rules import load_rules
-from simulators.evaluate import evaluate_offline, kafka_partition, offline_aggregates, offline_alerts
+from simulators.evaluate import evaluate_offline, offline_aggregates, offline_alerts
 from simulators.scenario import parse_scenario
+from streams.frames import kafka_partition
 
 SCENARIO = parse_scenario(
     """

@@ -15,6 +15,7 @@ from simulators.generators import Batch, Incident, generate
 from simulators.malformed import malformed_corpus
 from simulators.publish import Pacer, PublishError, publish_kafka, read_jsonl, write_jsonl
 from streams.errors import ConfigError
+from streams.frames import kafka_partition, split_frame
 from streams.schema import encode_reading, parse_reading
 
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}")
@@ -489,3 +490,30 @@ def test_publish_kafka_refuses_weaker_delivery(config: dict[str, Any]) -> None:
     _, _, factory = fake_producer()
     with pytest.raises(ConfigError, match="acks=all"):
         publish_kafka([], producer_config=config, topic="t", producer_factory=factory)
+
+
+def test_publish_kafka_frames_readings_of_one_partition_and_event_time() -> None:
+    producer, _, factory = fake_producer()
+    producer.list_topics.return_value.topics = {"t": MagicMock(error=None, partitions={0: None, 1: None, 2: None})}
+    b0, b1 = batches(40, steps=2, interval_ms=1000)
+    messages: list[Any] = [*b0.to_timed_messages(), *b1.to_timed_messages()]
+    n = publish_kafka(messages, producer_config={}, topic="t", producer_factory=factory, frame=8)
+    assert n == len(messages) == 80  # delivered readings, not records
+    calls = producer.produce.call_args_list
+    assert len(calls) < 80 and all(c.kwargs["key"] is None for c in calls)
+    got: dict[tuple[int, int], list[bytes]] = {}
+    for c in calls:
+        parts = split_frame(c.kwargs["value"])
+        assert 1 <= len(parts) <= 8
+        got.setdefault((c.kwargs["partition"], c.kwargs["timestamp"]), []).extend(parts)
+    # every reading once, on its sensor's partition, in a frame of its own event time, in order
+    want: dict[tuple[int, int], list[bytes]] = {}
+    for topic, payload, ts in messages:
+        want.setdefault((kafka_partition(topic.rsplit("/", 1)[1].encode(), 3), ts), []).append(payload)
+    assert got == want
+
+
+def test_publish_kafka_refuses_a_frame_size_out_of_range() -> None:
+    _, _, factory = fake_producer()
+    with pytest.raises(ConfigError, match="frame"):
+        publish_kafka([], producer_config={}, topic="t", producer_factory=factory, frame=0)
