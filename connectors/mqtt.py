@@ -19,6 +19,14 @@ flag). Outside those, an identical message is forwarded: a sensor that sends a r
 fault the alert rules are meant to see. The memory is per process: after a bridge restart,
 redeliveries are forwarded again (at least once still holds; nothing is lost).
 
+With ``frame_readings`` > 1 the bridge forwards readings in frames (:mod:`streams.frames`): the
+valid readings bound for one partition of the readings topic (the sensor id's, by murmur2) are
+held until ``frame_readings`` of them are there or the oldest has waited ``frame_linger_ms``, then
+go as one record. The worker's cost is mostly per record, so this is what lets one worker keep up
+with a city's feed. Each message is still acknowledged only once its frame is confirmed, in
+arrival order. Until the readings topic's partition count is known (the worker creates the
+topic), readings go one per record.
+
 Security: :func:`secure_client` applies username/password and TLS (verifying the broker's
 certificate and host name) to any paho client. A broker that refuses the credentials, or whose
 certificate does not verify, stops the bridge with :class:`MqttConnectError` naming the broker
@@ -38,12 +46,13 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import paho.mqtt.client as paho
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from paho.mqtt.enums import CallbackAPIVersion
 
 from connectors.kafka import produce_dead_letter, producer_config
 from streams.deadletter import DeadLetter, dead_letter
 from streams.errors import ConfigError, InvalidReading, UrbanSensingError
+from streams.frames import MAX_FRAME_READINGS, encode_frame, kafka_partition
 from streams.schema import MAX_PAYLOAD_BYTES, parse_reading
 from streams.settings import KafkaSettings, MqttSettings, Settings
 
@@ -261,6 +270,8 @@ class MqttBridge:
         redelivery_memory: confirmed messages remembered to recognise redeliveries (0: none).
         redelivery_grace_s: after a reconnect, how long a remembered message counts as a redelivery
             without the broker's DUP flag.
+        frame_readings: readings per Kafka record, at most (1: one per record).
+        frame_linger_ms: how long a partly filled frame waits for more readings.
 
     Raises:
         ConfigError: the topic root holds wildcards or TLS files are incomplete or unreadable.
@@ -278,6 +289,8 @@ class MqttBridge:
         poll_interval_s: float = 0.05,
         redelivery_memory: int = 20_000,
         redelivery_grace_s: float = 30.0,
+        frame_readings: int = 1,
+        frame_linger_ms: int = 20,
     ) -> None:
         root = mqtt.topic_root
         if not root or "+" in root or "#" in root or root.startswith("/") or root.endswith("/"):
@@ -288,6 +301,9 @@ class MqttBridge:
             raise ConfigError(msg)
         if max_payload_bytes < 1:
             msg = f"max_payload_bytes: expected >= 1, got {max_payload_bytes}"
+            raise ConfigError(msg)
+        if not 1 <= frame_readings <= MAX_FRAME_READINGS:
+            msg = f"URBAN_KAFKA__FRAME_READINGS: expected 1..{MAX_FRAME_READINGS}, got {frame_readings}"
             raise ConfigError(msg)
         self._mqtt = mqtt
         self._readings_topic = kafka.readings_topic
@@ -309,6 +325,12 @@ class MqttBridge:
         self._grace_ms = int(redelivery_grace_s * 1000)
         self._redelivery_until_ms = -1  # set at each reconnect
         self._connects = 0
+        self._frame = frame_readings
+        self._linger_s = frame_linger_ms / 1000.0
+        self._partitions: int | None = None  # of the readings topic, once known (frames need it)
+        self._partitions_checked = -1e18
+        self._frames: dict[int, tuple[float, list[tuple[_Pending, Forward]]]] = {}
+        self._frame_lock = threading.Lock()  # takes and produces frames: a partition's stay in order
         self._failure: KafkaError | None = None
         self._fatal: MqttConnectError | None = None
         self._closing = False
@@ -326,6 +348,8 @@ class MqttBridge:
             max_payload_bytes=settings.max_payload_bytes,
             redelivery_memory=settings.mqtt.redelivery_memory,
             redelivery_grace_s=settings.mqtt.redelivery_grace_s,
+            frame_readings=settings.kafka.frame_readings,
+            frame_linger_ms=settings.kafka.frame_linger_ms,
         )
 
     def _make_client(self, mqtt: MqttSettings) -> paho.Client:
@@ -402,6 +426,9 @@ class MqttBridge:
         try:
             while not stop_event.is_set():
                 self._producer.poll(self._poll_interval_s)
+                if self._frame > 1:
+                    self._check_partitions()
+                    self.flush_frames(time.monotonic() - self._linger_s)
                 if self._fatal is not None:
                     raise self._fatal
                 failure = self._failure
@@ -420,6 +447,7 @@ class MqttBridge:
         if self._closed:
             return
         self._closing = True
+        self.flush_frames()
         left = self._producer.flush(timeout_s)
         if left:
             logger.warning("mqtt bridge closing with undelivered records count=%d", left)
@@ -543,6 +571,9 @@ class MqttBridge:
             return
         outcome = self.route(topic, payload, now)
         send: Callable[[], None]
+        if isinstance(outcome, Forward) and self._frame > 1 and self._partitions is not None:
+            self._add_to_frame(entry, outcome)
+            return
         if isinstance(outcome, Forward):
             logger.debug("forwarding reading topic=%s bytes=%d", topic, len(payload))
             send = functools.partial(
@@ -577,6 +608,65 @@ class MqttBridge:
                     return
                 # Back-pressure: serve delivery reports until the local queue has room.
                 self._producer.poll(_BACKPRESSURE_POLL_S)
+
+    # -- frames (streams.frames) -----------------------------------------------------------
+
+    def _check_partitions(self) -> None:
+        """Learn the readings topic's partition count (every 10 s until known)."""
+        now = time.monotonic()
+        if self._partitions is not None or now - self._partitions_checked < 10.0:
+            return
+        self._partitions_checked = now
+        try:
+            meta = self._producer.list_topics(self._readings_topic, timeout=2).topics.get(self._readings_topic)
+        except KafkaException as exc:
+            logger.warning("readings topic metadata unavailable topic=%s error=%s", self._readings_topic, exc)
+            return
+        if meta is not None and meta.error is None and meta.partitions:
+            self._partitions = len(meta.partitions)
+            logger.info("framing readings topic=%s partitions=%d frame_readings=%d",
+                        self._readings_topic, self._partitions, self._frame)
+
+    def _add_to_frame(self, entry: _Pending, fwd: Forward) -> None:
+        assert self._partitions is not None  # noqa: S101 - checked by the caller
+        p = kafka_partition(fwd.key, self._partitions)
+        with self._frame_lock:
+            with self._lock:
+                held = self._frames.get(p)
+                if held is None:
+                    held = self._frames[p] = (time.monotonic(), [])
+                held[1].append((entry, fwd))
+                full = len(held[1]) >= self._frame
+                if full:
+                    del self._frames[p]
+            if full:
+                self._produce_frame(p, held[1])
+
+    def flush_frames(self, started_before: float | None = None) -> None:
+        """Send the held frames (those started before ``started_before``, monotonic s; None: all)."""
+        with self._frame_lock:
+            with self._lock:
+                due = sorted(p for p, (t, _) in self._frames.items() if started_before is None or t <= started_before)
+                taken = [(p, self._frames.pop(p)[1]) for p in due]
+            for p, items in taken:
+                self._produce_frame(p, items)
+
+    def _produce_frame(self, partition: int, items: list[tuple[_Pending, Forward]]) -> None:
+        """One record for ``items`` (caller holds ``_frame_lock``); each is settled by its delivery."""
+        value = encode_frame([fwd.value for _, fwd in items])
+        entries = [entry for entry, _ in items]
+        report = functools.partial(self._delivered_frame, entries)
+        while True:
+            try:
+                self._producer.produce(self._readings_topic, value=value, partition=partition,
+                                       timestamp=items[0][1].timestamp_ms, on_delivery=report)
+                return
+            except BufferError:
+                self._producer.poll(_BACKPRESSURE_POLL_S)  # back-pressure, as for single readings
+
+    def _delivered_frame(self, entries: list[_Pending], err: KafkaError | None, msg: Message) -> None:
+        for entry in entries:
+            self._delivered(entry, "forwarded", err, msg)
 
     # -- delivery reports (whichever thread polls the producer) --------------------------
 

@@ -28,6 +28,7 @@ from streams.app import Leveller, consumer_state, persist
 from streams.deadletter import dead_letter
 from streams.engine import NO_WATERMARK, WindowDef, WindowSpec
 from streams.errors import InvalidReading, SinkError
+from streams.frames import RS, is_frame
 from streams.metrics import register_metrics
 from streams.pipeline import SCORER_KEY_PREFIXES, WATERMARK_KEY, Output, Pipeline, Record
 from streams.schema import parse_reading
@@ -37,6 +38,32 @@ from streams.zones import ZoneRollup
 logger = logging.getLogger(__name__)
 
 READINGS_BATCH = 2000
+
+
+def reading_chunks(records: list[Record], max_readings: int) -> list[list[Record]]:
+    """``records`` in order, split so that each chunk holds at most ``max_readings`` readings.
+
+    A frame counts as its readings (:mod:`streams.frames`) and is never split; a frame larger
+    than ``max_readings`` is a chunk of its own.
+
+    >>> from streams.frames import encode_frame
+    >>> recs = [Record(0, i, encode_frame([b"{}"] * n)) for i, n in enumerate([3, 3, 1, 5])]
+    >>> [[r.offset for r in c] for c in reading_chunks(recs, 4)]
+    [[0], [1, 2], [3]]
+    """
+    chunks: list[list[Record]] = []
+    chunk: list[Record] = []
+    n = 0
+    for r in records:
+        k = r.value.count(RS) if is_frame(r.value) else 1
+        if chunk and n + k > max_readings:
+            chunks.append(chunk)
+            chunk, n = [], 0
+        chunk.append(r)
+        n += k
+    if chunk:
+        chunks.append(chunk)
+    return chunks
 SINK_BATCH = 5000
 
 
@@ -213,7 +240,10 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
             records = [Record(e.message.partition, e.message.offset, e.value, e.key, e.message.topic) for e in events]
             for r in records:
                 readings_level.read(r.partition, r.offset)
-            await emit(pipeline.process(records, wall_ms(), table.data.items()))
+            # Frames make a batch of records many more readings: processed at once they would hold
+            # the event loop for seconds (no fetching, sending or committing meanwhile).
+            for chunk in reading_chunks(records, READINGS_BATCH):
+                await emit(pipeline.process(chunk, wall_ms(), table.data.items()))
             align()
             yield None
 

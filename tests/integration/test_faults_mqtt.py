@@ -5,7 +5,9 @@ started on the same port with the same persistence directory. The publisher is a
 QoS 1 paho session that queues while disconnected and resends on reconnect; the bridge's session
 is persistent too (clean_session=False, stable client id, manual acks after Kafka delivery). Every
 reading must reach Kafka once and be counted exactly once in the window aggregates (the numpy
-reference): the QoS 1 redeliveries the restart causes are recognised by the bridge.
+reference): the QoS 1 redeliveries the restart causes are recognised by the bridge. The bridge
+forwards in frames of up to ``FRAME`` readings (streams.frames; test_bridge and test_e2e cover one
+reading per record), so a message is acknowledged only once its whole frame is confirmed.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from connectors.kafka import consume_all
+from streams.frames import split_frame
 from tests.integration.harness import (
     kafka_cfg,
     numpy_reference,
@@ -36,6 +39,8 @@ from tests.integration.test_recovery import settled
 from tests.services import run_mosquitto
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+FRAME = 50
 
 # Started as root, Mosquitto drops to the 'mosquitto' user, which cannot write the persistence file
 # into pytest's 0700 temporary directory (and the session would silently not survive the restart).
@@ -77,7 +82,8 @@ def test_mqtt_broker_restart_loses_nothing(tmp_path: Path, bootstrap: str) -> No
         port = mosq.port
         # The feed is an hour in the past: the idle flush (which moves a silent partition's watermark
         # to the wall clock) must not fire during the outage, or the rest would be late.
-        env = pipeline_env(tmp_path, bootstrap, URBAN_MQTT__PORT=str(port), URBAN_WINDOW__IDLE_TIMEOUT_MS="20000")
+        env = pipeline_env(tmp_path, bootstrap, URBAN_MQTT__PORT=str(port), URBAN_WINDOW__IDLE_TIMEOUT_MS="20000",
+                           URBAN_KAFKA__FRAME_READINGS=str(FRAME))
         root = env["URBAN_MQTT__TOPIC_ROOT"]
         worker = start_worker(env, tmp_path)
         stack.callback(worker.stop)
@@ -106,8 +112,9 @@ def test_mqtt_broker_restart_loses_nothing(tmp_path: Path, bootstrap: str) -> No
         bridge.stop()  # SIGTERM: the bridge logs its counters as it stops
         blog = bridge.text()
 
-    readings = consume_all(kafka_cfg(env), env["URBAN_KAFKA__READINGS_TOPIC"], timeout_s=3)
-    distinct = {m.value() for m in readings}
+    records = consume_all(kafka_cfg(env), env["URBAN_KAFKA__READINGS_TOPIC"], timeout_s=3)
+    readings = [r for m in records for r in split_frame(m.value())]
+    distinct = set(readings)
     assert distinct == {p for _, p, _ in messages}, "a reading published around the restart never reached Kafka"
     assert "session_present=True" in blog, "the bridge's persistent session must survive the restart"
     # QoS 1 is at least once: what was in flight when the broker stopped comes again after the
@@ -129,9 +136,11 @@ def test_mqtt_broker_restart_loses_nothing(tmp_path: Path, bootstrap: str) -> No
     assert not wrong, f"{len(wrong)} windows counted readings lost or twice, e.g. {wrong[:3]}"
     assert s["readings_in"] == len(readings) == s["readings_counted"]
     assert s["late"] == 0 and s["duplicates"] == 0
+    assert len(records) < len(readings), "the bridge was to forward frames"
     lost = figures(
         "mqtt_broker_restart", len(messages), s["readings_counted"], s["dead_letters"],
-        kafka_records=len(readings), mqtt_received=received, mqtt_redelivered_skipped=redelivered,
+        kafka_records=len(records), readings_in_records=len(readings), frame_readings=FRAME,
+        mqtt_received=received, mqtt_redelivered_skipped=redelivered,
         copies_forwarded=copies, windows=len(reference), elapsed_s=round(time.monotonic() - t0, 1),
     )
     assert lost == 0

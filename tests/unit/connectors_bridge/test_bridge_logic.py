@@ -23,6 +23,7 @@ from connectors.mqtt import (
 )
 from streams.deadletter import DeadLetter
 from streams.errors import ConfigError
+from streams.frames import kafka_partition, split_frame
 from streams.schema import encode_reading, format_ts
 from streams.settings import KafkaSettings, MqttSettings, Settings
 
@@ -489,3 +490,66 @@ def test_the_redelivery_memory_is_bounded() -> None:
     assert producer.produce.call_count == 4
     bridge._on_message(client, None, resent(payloads[2], mid=10))
     assert producer.produce.call_count == 4
+
+
+# -- frames (streams.frames): readings of one partition share a record
+
+
+def framing_bridge(frame: int = 3) -> tuple[MqttBridge, MagicMock, MagicMock]:
+    client = MagicMock(spec_set=paho.Client)
+    producer = MagicMock(spec_set=Producer)
+    producer.flush.return_value = 0
+    producer.list_topics.return_value.topics = {"r": MagicMock(error=None, partitions={0: None, 1: None})}
+    bridge = MqttBridge(mqtt_settings(), KafkaSettings(readings_topic="r", dlq_topic="d"), producer=producer,
+                        client=client, clock=lambda: NOW, frame_readings=frame, frame_linger_ms=0)
+    bridge._check_partitions()
+    return bridge, client, producer
+
+
+def sensor_message(sid: str, ts: int, mid: int) -> paho.MQTTMessage:
+    return message(f"city/{KIND}/{ZONE}/{sid}", dumps(good(sensor_id=sid, ts=format_ts(ts))), mid)
+
+
+def test_readings_of_one_partition_go_as_one_frame_acked_in_order_after_delivery() -> None:
+    bridge, client, producer = framing_bridge(frame=3)
+    sids = [f"env-futian-{i:04d}" for i in range(40)]
+    same = [s for s in sids if kafka_partition(s.encode(), 2) == 0][:3]
+    for mid, sid in enumerate(same, start=1):
+        bridge._on_message(client, None, sensor_message(sid, TS + mid, mid))
+    producer.produce.assert_called_once()
+    kwargs = producer.produce.call_args.kwargs
+    assert kwargs["partition"] == 0 and "key" not in kwargs
+    assert [orjson.loads(p)["sensor_id"] for p in split_frame(kwargs["value"])] == same
+    client.ack.assert_not_called()
+    kwargs["on_delivery"](None, MagicMock())
+    assert [c.args for c in client.ack.call_args_list] == [(1, 1), (2, 1), (3, 1)]
+    assert bridge.counters == BridgeCounters(received=3, forwarded=3)
+
+
+def test_a_partly_filled_frame_goes_after_the_linger_and_on_close() -> None:
+    bridge, client, producer = framing_bridge(frame=100)
+    bridge._on_message(client, None, sensor_message("env-futian-0001", TS, 1))
+    bridge._on_message(client, None, message(TOPIC, b"{oops", mid=2))  # dead letters are never framed
+    assert [c.args[0] for c in producer.produce.call_args_list] == ["d"]
+    bridge.flush_frames(started_before=0.0)  # not yet lingered long enough
+    assert producer.produce.call_count == 1
+    bridge.close()
+    assert [c.args[0] for c in producer.produce.call_args_list] == ["d", "r"]
+    assert len(split_frame(producer.produce.call_args.kwargs["value"])) == 1
+
+
+def test_readings_go_one_per_record_until_the_partition_count_is_known() -> None:
+    bridge, client, producer = framing_bridge(frame=3)
+    bridge._partitions = None
+    bridge._on_message(client, None, sensor_message("env-futian-0001", TS, 1))
+    assert producer.produce.call_args.kwargs["key"] == b"env-futian-0001"
+
+
+def test_a_failed_frame_leaves_every_message_in_it_unacked() -> None:
+    bridge, client, producer = framing_bridge(frame=2)
+    sids = [s for s in (f"env-futian-{i:04d}" for i in range(40)) if kafka_partition(s.encode(), 2) == 1][:2]
+    for mid, sid in enumerate(sids, start=1):
+        bridge._on_message(client, None, sensor_message(sid, TS, mid))
+    producer.produce.call_args.kwargs["on_delivery"](KafkaError(KafkaError._MSG_TIMED_OUT), MagicMock())
+    client.ack.assert_not_called()
+    assert bridge.counters.errors == 2
