@@ -284,11 +284,14 @@ class Bench:
         env["URBAN_KAFKA__ZONE_AGGREGATES_TOPIC"] = f"{app}.zone-aggregates"
         return env
 
-    def start_ours(self, tag: str, workers: int, idle_ms: int = 2000) -> tuple[list[Any], str, str, list[str]]:
+    def start_ours(self, tag: str, workers: int, idle_ms: int = 2000,
+                   frame: int = 1) -> tuple[list[Any], str, str, list[str]]:
         from tests.integration.harness import start_worker
         from tests.services import free_port
 
-        env = self._env_ours(tag, {"URBAN_WINDOW__IDLE_TIMEOUT_MS": str(idle_ms)})
+        # framed input, framed aggregates (the worker's own output, read by its time-series and alert agents)
+        env = self._env_ours(tag, {"URBAN_WINDOW__IDLE_TIMEOUT_MS": str(idle_ms),
+                                   "URBAN_KAFKA__FRAME_SIZE": str(frame)})
         procs, urls = [], []
         for i in range(workers):
             e = dict(env, URBAN_WEB_PORT=str(free_port()), URBAN_DATA_DIR=str(self.tmp / tag / f"var{i}"))
@@ -358,7 +361,8 @@ class Bench:
         else:
             # A replayed (past) feed is flushed after the idle timeout (event time jumps to the wall clock,
             # the rest of the feed would be late): it must outlast the publisher's start and a rebalance.
-            procs, topic, alerts_topic, urls = self.start_ours(tag, workers, self.backlog_idle_ms if backlog else 2000)
+            procs, topic, alerts_topic, urls = self.start_ours(tag, workers, self.backlog_idle_ms if backlog else 2000,
+                                                               frame)
         stat_key = "readings_in"
         try:
             self.wait_ready(urls, workers)

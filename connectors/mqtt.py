@@ -303,7 +303,7 @@ class MqttBridge:
             msg = f"max_payload_bytes: expected >= 1, got {max_payload_bytes}"
             raise ConfigError(msg)
         if not 1 <= frame_readings <= MAX_FRAME_READINGS:
-            msg = f"URBAN_KAFKA__FRAME_READINGS: expected 1..{MAX_FRAME_READINGS}, got {frame_readings}"
+            msg = f"URBAN_KAFKA__FRAME_SIZE: expected 1..{MAX_FRAME_READINGS}, got {frame_readings}"
             raise ConfigError(msg)
         self._mqtt = mqtt
         self._readings_topic = kafka.readings_topic
@@ -348,7 +348,7 @@ class MqttBridge:
             max_payload_bytes=settings.max_payload_bytes,
             redelivery_memory=settings.mqtt.redelivery_memory,
             redelivery_grace_s=settings.mqtt.redelivery_grace_s,
-            frame_readings=settings.kafka.frame_readings,
+            frame_readings=settings.kafka.frame_size,
             frame_linger_ms=settings.kafka.frame_linger_ms,
         )
 

@@ -617,7 +617,7 @@ def _publish_end_marks(settings: Any, plan: Any, window_ms: int) -> int:
     marks = _end_marks(plan, window_ms, settings.window.allowed_lateness_ms)
     items = [x for tick in feed(marks, "message", topic_root=settings.mqtt.topic_root) for x in tick]
     return publish_kafka(items, producer_config=producer_config(settings.kafka), topic=settings.kafka.readings_topic,
-                         frame=settings.kafka.frame_readings)
+                         frame=settings.kafka.frame_size)
 
 
 def _end_marks(plan: Any, window_ms: int, allowed_lateness_ms: int) -> Any:

@@ -143,7 +143,7 @@ def _sink(
 
         return publish_kafka(
             messages, producer_config=producer_config(settings.kafka), topic=settings.kafka.readings_topic,
-            frame=settings.kafka.frame_readings,
+            frame=settings.kafka.frame_size,
         )
     from simulators.publish import write_jsonl
 
@@ -443,6 +443,6 @@ def run_replay(
         },
         kafka_config=producer_config(settings.kafka),
         kafka_topic=settings.kafka.readings_topic,
-        kafka_frame=settings.kafka.frame_readings,
+        kafka_frame=settings.kafka.frame_size,
         stop=stop,
     )

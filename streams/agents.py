@@ -28,7 +28,7 @@ from streams.app import Leveller, consumer_state, persist
 from streams.deadletter import dead_letter
 from streams.engine import NO_WATERMARK, WindowDef, WindowSpec
 from streams.errors import InvalidReading, SinkError
-from streams.frames import RS, is_frame
+from streams.frames import RS, Framer, encode_frame, is_frame, kafka_partition, split_frame
 from streams.metrics import register_metrics
 from streams.pipeline import SCORER_KEY_PREFIXES, WATERMARK_KEY, Output, Pipeline, Record
 from streams.schema import parse_reading
@@ -110,6 +110,7 @@ def _buffer_full_alert(detail: str, now_ms: int) -> dict[str, Any]:
 def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one place that wires it all
     """Declare the UrbanSense topics, table, agents, timer and web views on ``app``."""
     k = settings.kafka
+    frame_size = k.frame_size  # aggregates per record on the aggregates topic (streams.frames)
     w = settings.window
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
     readings = app.topic(k.readings_topic, partitions=k.partitions, **raw)
@@ -173,10 +174,20 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
             ]
             key = rec.key if rec.index < 0 else info.reading.sensor_id.encode()  # a frame has no one key
             await late.send(key=key, value=rec.value, headers=headers, timestamp=_ts(info.reading.ts_ms))
-        for agg in out.aggregates:
-            await aggregates.send(
-                key=agg["sensor_id"].encode(), value=orjson.dumps(agg), timestamp=_ts(agg["start_ms"])
-            )
+        if frame_size > 1 and out.aggregates:
+            # frames of one partition's aggregates (its sensors', by murmur2): the time-series and
+            # alert-routing agents pay their per-record cost once per frame (streams.frames)
+            framer = Framer(lambda key: kafka_partition(key, k.partitions), frame_size)
+            groups = [g for agg in out.aggregates
+                      if (g := framer.add(agg["sensor_id"].encode(), orjson.dumps(agg))) is not None]
+            for p, group in [*groups, *framer.drain()]:
+                await aggregates.send(value=encode_frame(group), partition=p,
+                                      timestamp=_ts(out.aggregates[0]["start_ms"]))
+        else:
+            for agg in out.aggregates:
+                await aggregates.send(
+                    key=agg["sensor_id"].encode(), value=orjson.dumps(agg), timestamp=_ts(agg["start_ms"])
+                )
         for alert in out.alerts:
             logger.warning(
                 "alert raised alert_id=%s rule=%s severity=%s sensor_id=%s zone=%s value=%s threshold=%s",
@@ -350,14 +361,13 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
             async for events in stream.take_events(SINK_BATCH, within=0.5):
                 points: list[Point] = []
                 for e in events:
-                    doc = orjson.loads(e.value)
                     topic = e.message.topic
                     if topic == k.alerts_topic:
-                        points.append(alert_point(doc))
+                        points.append(alert_point(orjson.loads(e.value)))
                     elif topic == k.zone_aggregates_topic:
-                        points.append(zone_point(doc))
-                    else:
-                        points.append(aggregate_point(doc))
+                        points.append(zone_point(orjson.loads(e.value)))
+                    else:  # one aggregate, or a frame of them
+                        points += [aggregate_point(orjson.loads(raw)) for raw in split_frame(e.value)]
                 delay = 1.0
                 alerted = False
                 while True:  # never drop: hold the batch (and the offsets) until it is written or buffered

@@ -31,6 +31,7 @@ from alerting.engine import AlertEngine
 from alerting.errors import RuleError
 from alerting.rules import load_rules
 from streams.app import persist
+from streams.frames import split_frame
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -266,15 +267,16 @@ def attach_alerting(  # noqa: C901 - one place that wires it all
             by_zone: dict[str, list[Any]] = defaultdict(list)
             ends: dict[int, int] = {}
             for e in events:
-                agg = orjson.loads(e.value)
                 src = e.message.partition
-                end = agg.get("end_ms")
-                if isinstance(end, int) and end > ends.get(src, -1):
-                    ends[src] = end
-                if engine.wants(agg):
-                    # The source partition: its own event clock judges the silence of its sensors.
-                    agg["src"] = src
-                    by_zone[agg["zone"]].append(agg)
+                for raw in split_frame(e.value):  # one aggregate, or a frame of them
+                    agg = orjson.loads(raw)
+                    end = agg.get("end_ms")
+                    if isinstance(end, int) and end > ends.get(src, -1):
+                        ends[src] = end
+                    if engine.wants(agg):
+                        # The source partition: its own event clock judges the silence of its sensors.
+                        agg["src"] = src
+                        by_zone[agg["zone"]].append(agg)
             for zone, aggs in by_zone.items():
                 await routed.send(key=zone.encode(), value=orjson.dumps({"t": "aggs", "aggs": aggs}))
             # Progress marker to every engine partition, behind this batch's aggregates: how far

@@ -143,6 +143,8 @@ def run_demo(settings: Settings, *, duration_s: float, sensors: int) -> dict[str
             "dead_letters": topic_message_count(cfg, k.dlq_topic),
             "late_readings": topic_message_count(cfg, k.late_topic),
         }
+        if k.frame_size > 1:  # the counts above are Kafka records, each a frame of up to this many
+            summary["records_hold_up_to"] = k.frame_size
         if not settings.influx.url:
             summary["aggregates_stored"] = _store_rows(settings) - rows_before
     finally:

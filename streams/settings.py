@@ -87,7 +87,7 @@ class KafkaSettings(_Section):
     #: Readings per Kafka record when UrbanSense's own producers (the MQTT bridge, simulate, replay,
     #: evaluate) publish to the readings topic: a frame of one partition's readings (streams.frames).
     #: The worker's cost is mostly per record; 1 publishes one reading per record.
-    frame_readings: int = Field(default=1, ge=1, le=65_536)
+    frame_size: int = Field(default=1, ge=1, le=65_536)
     #: How long the MQTT bridge holds a partly filled frame for more readings (ms).
     frame_linger_ms: int = Field(default=20, ge=0, le=10_000)
 

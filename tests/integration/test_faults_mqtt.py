@@ -83,7 +83,7 @@ def test_mqtt_broker_restart_loses_nothing(tmp_path: Path, bootstrap: str) -> No
         # The feed is an hour in the past: the idle flush (which moves a silent partition's watermark
         # to the wall clock) must not fire during the outage, or the rest would be late.
         env = pipeline_env(tmp_path, bootstrap, URBAN_MQTT__PORT=str(port), URBAN_WINDOW__IDLE_TIMEOUT_MS="20000",
-                           URBAN_KAFKA__FRAME_READINGS=str(FRAME))
+                           URBAN_KAFKA__FRAME_SIZE=str(FRAME))
         root = env["URBAN_MQTT__TOPIC_ROOT"]
         worker = start_worker(env, tmp_path)
         stack.callback(worker.stop)
