@@ -683,6 +683,37 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     return True
 
 
+def drains(bench: Bench, repeats: int) -> dict[str, Any]:
+    """Backlog drain rates of one worker, ours and the baseline, framed and not: alternating, medians.
+
+    The same machine state for every system (each repeat runs all four in turn), so the ratios are
+    comparable even where the absolute rates move with other load.
+    """
+    a = bench.args
+    f = max(a.frame, 2)
+    cases = {f"ours_frame_{f}": ("ours", f, a.backlog), "ours_frame_1": ("ours", 1, a.backlog),
+             f"baseline_frame_{f}": ("baseline", f, a.baseline_backlog),
+             "baseline_frame_1": ("baseline", 1, a.baseline_backlog)}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, (system, frame, backlog) in cases.items():
+            out = bench.scenario(system, rate=None, backlog=backlog, frame=frame,
+                                 max_s=backlog / 2000 + 60 if system == "ours" else 3 * a.window_s + 70)
+            runs[name].append({"readings_per_s": out["readings_per_s"], "cpu_ms_per_reading": out["cpu_ms_per_reading"],
+                               "equal_to_reference": (out.get("vs_reference") or {}).get("equal")})
+    med = {name: statistics.median(r["readings_per_s"] for r in rs) for name, rs in runs.items()}
+    return {
+        "median_readings_per_s": med,
+        "baseline_ratio_framed": round(med[f"ours_frame_{f}"] / max(med[f"baseline_frame_{f}"], 1), 2),
+        "baseline_ratio_one_per_record": round(med["ours_frame_1"] / max(med["baseline_frame_1"], 1), 2),
+        "ours_framed_over_one_per_record": round(med[f"ours_frame_{f}"] / max(med["ours_frame_1"], 1), 2),
+        "runs": runs, "repeats": repeats,
+        "settings": {"window_s": a.window_s, "allowed_lateness_ms": a.lateness_ms, "backlog": a.backlog,
+                     "baseline_backlog": a.baseline_backlog, "backlog_sensors": a.backlog_sensors, "frame": f},
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
 def main(argv: list[str]) -> int:  # noqa: C901, PLR0915 - one benchmark driver
     """Run the benchmark; print JSON (``--json``) or a summary."""
     ap = argparse.ArgumentParser(prog="python -m benchmarks e2e")
@@ -705,6 +736,8 @@ def main(argv: list[str]) -> int:  # noqa: C901, PLR0915 - one benchmark driver
     ap.add_argument("--writer-only", action="store_true", help="only the InfluxDB writer benchmark")
     ap.add_argument("--from-json", type=Path, default=None, help="only plot a saved result")
     ap.add_argument("--pipeline-json", type=Path, default=None, help="take pipeline_readings_per_s from this file")
+    ap.add_argument("--drains", type=int, default=0, metavar="N",
+                    help="only the backlog drains of ours and the baseline, framed and not, N times in turn (medians)")
     ap.add_argument("--publish", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.publish is not None:
@@ -725,6 +758,16 @@ def main(argv: list[str]) -> int:  # noqa: C901, PLR0915 - one benchmark driver
         args.writer_points = 50_000
     loads = [int(x) for x in args.loads.split(",") if x.strip()]
     from tests.services import run_influxd, run_tansu
+
+    if args.drains:
+        with tempfile.TemporaryDirectory(prefix="urban-e2e-") as tmpdir, contextlib.ExitStack() as stack:
+            tmp = Path(tmpdir)
+            tansu = stack.enter_context(run_tansu(tmp))
+            influx = stack.enter_context(run_influxd(tmp))
+            result = drains(Bench(tmp, f"127.0.0.1:{tansu.port}", f"http://127.0.0.1:{influx.port}", args),
+                            args.drains)
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        return 0
 
     t_start = time.time()
     load_before = [round(x, 2) for x in os.getloadavg()]
