@@ -55,6 +55,15 @@ def split_frame(value: bytes) -> list[bytes]:
     return [p[:-1] if p[-1:] == b"\n" else p for p in parts[1:]]
 
 
+def well_formed(value: bytes) -> bool:
+    """Whether a frame's every element is followed by its line feed (RFC 7464).
+
+    Anything else that starts with ``0x1E`` (hostile or corrupt bytes) is taken as one reading,
+    so it is dead-lettered whole with its original bytes instead of being cut into pieces.
+    """
+    return value[-1:] == b"\n" and value.count(RS) == value.count(b"\n" + RS) + 1
+
+
 def dedupe_offset(offset: int, index: int) -> int:
     """The position of a frame's ``index``-th reading in its partition, ordered as delivered."""
     return (offset << INDEX_BITS) | index

@@ -17,7 +17,7 @@ from alerting.rules import ThresholdRule, alert_id, evaluate
 from streams.deadletter import DeadLetter, dead_letter
 from streams.engine import DUPLICATE, NO_WATERMARK, Ahead, Late, PartitionWindows, WindowSpec, decoded
 from streams.errors import InvalidReading
-from streams.frames import MAX_FRAME_READINGS, dedupe_offset, is_frame, split_frame
+from streams.frames import MAX_FRAME_READINGS, dedupe_offset, is_frame, split_frame, well_formed
 from streams.schema import MAX_PAYLOAD_BYTES, ReadingRows, parse_batch
 
 logger = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def expand_frames(records: list[Record]) -> tuple[list[Record], list[Record]]:
     out: list[Record] = []
     too_long: list[Record] = []
     for rec in records:
-        if not is_frame(rec.value):
+        if not is_frame(rec.value) or not well_formed(rec.value):  # a reading (bad ones are dead-lettered as such)
             out.append(rec)
             continue
         parts = split_frame(rec.value)

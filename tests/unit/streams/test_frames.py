@@ -85,3 +85,11 @@ def test_the_framer_keeps_each_partitions_order_and_bounds_frames() -> None:
         assert got == [i for i in range(20) if i % 3 == p]
     with pytest.raises(ValueError, match="max_readings"):
         Framer(lambda key: 0, 0)
+
+
+def test_bytes_that_only_start_like_a_frame_are_dead_lettered_whole() -> None:
+    hostile = b"\x1e\x00garbage\x1eno line feeds"
+    p = Pipeline(SPEC, ())
+    out = p.process([Record(0, 5, hostile, None, "t")], NOW)
+    assert [d.value for d in out.dead_letters] == [hostile]
+    assert p.counters.readings_in == 1 and p.counters.dead_letters == 1
