@@ -218,7 +218,10 @@ class AlertReader(threading.Thread):
 
         self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:8]}",
                                   "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                                  "topic.metadata.refresh.interval.ms": 1000})
+                                  "topic.metadata.refresh.interval.ms": 1000,
+                                  # the instrument must not add its own wait (librdkafka's is 500 ms,
+                                  # and Tansu holds a fetch for all of it)
+                                  "fetch.wait.max.ms": 10})
         self.consumer.subscribe([topic])
         self.records: list[tuple[int, dict[str, Any]]] = []
         self.stop_flag = threading.Event()
@@ -714,6 +717,24 @@ def drains(bench: Bench, repeats: int) -> dict[str, Any]:
     }
 
 
+def live_loads(bench: Bench, loads: list[int], with_baseline: bool) -> dict[str, Any]:
+    """Only the offered-load scenarios (live publishing): throughput, lag and alert latency per load."""
+    a = bench.args
+    keep = ("readings_per_s", "kept_up", "max_lag", "lag_at_publisher_end", "alerts", "alert_latency_s",
+            "alert_after_watermark_s", "cpu_ms_per_reading")
+    systems = ("ours", "baseline") if with_baseline else ("ours",)
+    out: dict[str, Any] = {}
+    for system in systems:
+        out[system] = {}
+        for r in loads:
+            workers = a.workers if system == "ours" else 1
+            res = bench.scenario(system, rate=r, workers=workers, max_s=a.seconds + a.window_s + 40, frame=a.frame)
+            out[system][str(r)] = {"workers": workers, **{k: res.get(k) for k in keep}}
+    return {"loads": out, "settings": {"window_s": a.window_s, "allowed_lateness_ms": a.lateness_ms,
+                                       "seconds_per_load": a.seconds, "frame": a.frame},
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
+
+
 def main(argv: list[str]) -> int:  # noqa: C901, PLR0915 - one benchmark driver
     """Run the benchmark; print JSON (``--json``) or a summary."""
     ap = argparse.ArgumentParser(prog="python -m benchmarks e2e")
@@ -738,6 +759,9 @@ def main(argv: list[str]) -> int:  # noqa: C901, PLR0915 - one benchmark driver
     ap.add_argument("--pipeline-json", type=Path, default=None, help="take pipeline_readings_per_s from this file")
     ap.add_argument("--drains", type=int, default=0, metavar="N",
                     help="only the backlog drains of ours and the baseline, framed and not, N times in turn (medians)")
+    ap.add_argument("--live-only", action="store_true",
+                    help="only the offered loads (--loads), ours and (unless --skip-baseline) the baseline")
+    ap.add_argument("--workers", type=int, default=1, help="with --live-only: our worker processes")
     ap.add_argument("--publish", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.publish is not None:
@@ -759,13 +783,13 @@ def main(argv: list[str]) -> int:  # noqa: C901, PLR0915 - one benchmark driver
     loads = [int(x) for x in args.loads.split(",") if x.strip()]
     from tests.services import run_influxd, run_tansu
 
-    if args.drains:
+    if args.drains or args.live_only:
         with tempfile.TemporaryDirectory(prefix="urban-e2e-") as tmpdir, contextlib.ExitStack() as stack:
             tmp = Path(tmpdir)
             tansu = stack.enter_context(run_tansu(tmp))
             influx = stack.enter_context(run_influxd(tmp))
-            result = drains(Bench(tmp, f"127.0.0.1:{tansu.port}", f"http://127.0.0.1:{influx.port}", args),
-                            args.drains)
+            bench = Bench(tmp, f"127.0.0.1:{tansu.port}", f"http://127.0.0.1:{influx.port}", args)
+            result = drains(bench, args.drains) if args.drains else live_loads(bench, loads, not args.skip_baseline)
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
         return 0
 

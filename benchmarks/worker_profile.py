@@ -63,8 +63,12 @@ def categorise(raw: Path) -> dict[str, float]:
     return {k: round(v / max(total, 1), 3) for k, v in counts.most_common()}
 
 
-def run_once(tmp: Path, sensors: int, steps: int, py_spy: str | None) -> dict[str, Any]:
-    """One worker draining ``sensors * steps`` readings; figures as in the module docstring."""
+def run_once(tmp: Path, sensors: int, steps: int, py_spy: str | None, frame: int = 1) -> dict[str, Any]:
+    """One worker draining ``sensors * steps`` readings; figures as in the module docstring.
+
+    ``frame`` > 1: the backlog goes in frames of that many readings and the worker frames its
+    aggregates topic too (``URBAN_KAFKA__FRAME_SIZE``, :mod:`streams.frames`).
+    """
     from connectors.broker import free_port, start_tansu, stop_process
     from connectors.kafka import producer_config
     from simulators.city import build_city
@@ -76,7 +80,7 @@ def run_once(tmp: Path, sensors: int, steps: int, py_spy: str | None) -> dict[st
     port = free_port()
     broker = start_tansu(port, tmp / "tansu.log")
     bootstrap = f"127.0.0.1:{port}"
-    env = pipeline_env(tmp, bootstrap)
+    env = pipeline_env(tmp, bootstrap, URBAN_KAFKA__FRAME_SIZE=str(frame))
     now = time.time_ns() // 1_000_000
     batches = generate(build_city(sensors, seed=3), start_ms=now - 3_600_000, interval_ms=1000, steps=steps, seed=4)
     msgs = [m for b in batches for m in b.to_timed_messages()]
@@ -84,7 +88,7 @@ def run_once(tmp: Path, sensors: int, steps: int, py_spy: str | None) -> dict[st
     spy = None
     try:
         pcfg = producer_config(KafkaSettings(bootstrap_servers=bootstrap))
-        publish_kafka(msgs, producer_config=pcfg, topic=env["URBAN_KAFKA__READINGS_TOPIC"])
+        publish_kafka(msgs, producer_config=pcfg, topic=env["URBAN_KAFKA__READINGS_TOPIC"], frame=frame)
         t0, w0, b0 = time.monotonic(), proc_cpu_s(worker.proc.pid), proc_cpu_s(broker.pid)
         if py_spy:
             spy = subprocess.Popen(  # noqa: S603 - a local profiler on our own child
@@ -107,7 +111,7 @@ def run_once(tmp: Path, sensors: int, steps: int, py_spy: str | None) -> dict[st
         worker.stop()
         stop_process(broker)
     out: dict[str, Any] = {
-        "readings": len(msgs), "drained": done, "wall_s": round(wall, 2),
+        "readings": len(msgs), "frame": frame, "drained": done, "wall_s": round(wall, 2),
         "readings_per_s": round(done / wall), "worker_cpu_us_per_reading": round(w_cpu * 1e6 / max(done, 1), 1),
         "broker_cpu_s": round(b_cpu, 2),
     }
@@ -123,6 +127,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--sensors", type=int, default=2000)
     ap.add_argument("--steps", type=int, default=40, help="readings per sensor (one per second of event time)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--frame", type=int, default=1, help="readings per Kafka record (and aggregates per record)")
     ap.add_argument("--py-spy", action="store_true", help="sample the worker with py-spy (pip install py-spy)")
     args = ap.parse_args(argv)
     py_spy = None
@@ -134,7 +139,7 @@ def main(argv: list[str]) -> int:
     runs = []
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory(prefix="urban-wprof-") as d:
-            runs.append(run_once(Path(d), args.sensors, args.steps, py_spy))
+            runs.append(run_once(Path(d), args.sensors, args.steps, py_spy, args.frame))
     result = {
         "worker_cpu_us_per_reading": statistics.median(r["worker_cpu_us_per_reading"] for r in runs),
         "readings_per_s": statistics.median(r["readings_per_s"] for r in runs),

@@ -84,6 +84,10 @@ class KafkaSettings(_Section):
     #: per interval costs one state record, not one per reading. A crash replays at most this
     #: much input (recognised as duplicates).
     commit_interval_s: float = Field(default=2.0, gt=0, le=60)
+    #: Longest a worker's fetch waits for records (ms). Kafka answers as soon as data is there, so
+    #: this only bounds idle polling; a broker that holds every fetch this long (Tansu does) adds
+    #: up to this much to each hop of an alert's path. Faust's own value is 1,500.
+    fetch_max_wait_ms: int = Field(default=100, ge=1, le=10_000)
     #: Readings per Kafka record when UrbanSense's own producers (the MQTT bridge, simulate, replay,
     #: evaluate) publish to the readings topic: a frame of one partition's readings (streams.frames).
     #: The worker's cost is mostly per record; 1 publishes one reading per record.
