@@ -52,7 +52,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from connectors.kafka import produce_dead_letter, producer_config
 from streams.deadletter import DeadLetter, dead_letter
 from streams.errors import ConfigError, InvalidReading, UrbanSensingError
-from streams.frames import MAX_FRAME_READINGS, encode_frame, kafka_partition
+from streams.frames import MAX_FRAME_READINGS, Framer, encode_frame, kafka_partition
 from streams.schema import MAX_PAYLOAD_BYTES, parse_reading
 from streams.settings import KafkaSettings, MqttSettings, Settings
 
@@ -329,7 +329,8 @@ class MqttBridge:
         self._linger_s = frame_linger_ms / 1000.0
         self._partitions: int | None = None  # of the readings topic, once known (frames need it)
         self._partitions_checked = -1e18
-        self._frames: dict[int, tuple[float, list[tuple[_Pending, Forward]]]] = {}
+        # held readings, (pending entry, Forward) per partition of the readings topic
+        self._framer = Framer(self._partition_of, frame_readings, clock=time.monotonic)
         self._frame_lock = threading.Lock()  # takes and produces frames: a partition's stay in order
         self._failure: KafkaError | None = None
         self._fatal: MqttConnectError | None = None
@@ -627,27 +628,22 @@ class MqttBridge:
             logger.info("framing readings topic=%s partitions=%d frame_readings=%d",
                         self._readings_topic, self._partitions, self._frame)
 
+    def _partition_of(self, key: bytes) -> int:
+        assert self._partitions is not None  # noqa: S101 - frames start once the count is known
+        return kafka_partition(key, self._partitions)
+
     def _add_to_frame(self, entry: _Pending, fwd: Forward) -> None:
-        assert self._partitions is not None  # noqa: S101 - checked by the caller
-        p = kafka_partition(fwd.key, self._partitions)
         with self._frame_lock:
             with self._lock:
-                held = self._frames.get(p)
-                if held is None:
-                    held = self._frames[p] = (time.monotonic(), [])
-                held[1].append((entry, fwd))
-                full = len(held[1]) >= self._frame
-                if full:
-                    del self._frames[p]
-            if full:
-                self._produce_frame(p, held[1])
+                full = self._framer.add(fwd.key, (entry, fwd))
+            if full is not None:
+                self._produce_frame(*full)
 
     def flush_frames(self, started_before: float | None = None) -> None:
         """Send the held frames (those started before ``started_before``, monotonic s; None: all)."""
         with self._frame_lock:
             with self._lock:
-                due = sorted(p for p, (t, _) in self._frames.items() if started_before is None or t <= started_before)
-                taken = [(p, self._frames.pop(p)[1]) for p in due]
+                taken = self._framer.drain(started_before)
             for p, items in taken:
                 self._produce_frame(p, items)
 

@@ -325,7 +325,6 @@ def offline_aggregates(
     spec = WindowSpec(window_ms, allowed_lateness_ms, 0, 30_000, (), max_ahead_ms=max_ahead_ms)
     pipeline = Pipeline(spec, (), zones=False, scorer=scorer)
     now_ms = plan.end_ms + 86_400_000  # a wall clock after the (past) feed, as in a replay
-    part: dict[bytes, int] = {}
     offsets = [0] * partitions
     out: list[dict[str, Any]] = []
     records: list[Any] = []
@@ -336,7 +335,7 @@ def offline_aggregates(
     def flush() -> None:
         res = pipeline.process(records, now_ms)
         for agg in res.aggregates:
-            agg["src"] = part[agg["sensor_id"].encode()]
+            agg["src"] = kafka_partition(agg["sensor_id"].encode(), partitions)
         out.extend(res.aggregates)
         records.clear()
 
@@ -346,9 +345,7 @@ def offline_aggregates(
             for tick in feed(source, "message"):
                 for topic, payload, _ in tick:
                     key = topic.rsplit("/", 1)[1].encode()
-                    p = part.get(key)
-                    if p is None:
-                        p = part[key] = kafka_partition(key, partitions)
+                    p = kafka_partition(key, partitions)
                     records.append(Record(p, offsets[p], payload, key))
                     offsets[p] += 1
                 if len(records) >= batch:

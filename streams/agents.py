@@ -162,10 +162,7 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
     readings_level = Leveller(app, k.readings_topic, w.max_partition_skew_ms)
     pending_state: dict[str, tuple[int, Any]] = {}  # window-state key -> (partition, latest doc) to write
     buffered: list[BufferedSink] = []  # the timeseries agent's writer, for the flush timer and stats page
-    # a sensor's partition of the aggregates topic, by murmur2 (pure Python in aiokafka, 7 µs a call):
-    # remembered per sensor id, a window close frames every sensor's aggregates at once
-    aggregate_partition = functools.lru_cache(maxsize=1 << 18)(lambda key: kafka_partition(key, k.partitions))
-    watermark_keys = {p: WATERMARK_KEY.format(partition=p) for p in range(k.partitions)}
+    watermark_key = functools.cache(lambda partition: WATERMARK_KEY.format(partition=partition))
 
     async def emit(out: Output) -> None:
         for dl in out.dead_letters:
@@ -182,7 +179,7 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
         if frame_size > 1 and out.aggregates:
             # frames of one partition's aggregates (its sensors', by murmur2): the time-series and
             # alert-routing agents pay their per-record cost once per frame (streams.frames)
-            framer = Framer(aggregate_partition, frame_size)
+            framer = Framer(lambda key: kafka_partition(key, k.partitions), frame_size)
             groups = [g for agg in out.aggregates
                       if (g := framer.add(agg["sensor_id"].encode(), orjson.dumps(agg))) is not None]
             for p, group in [*groups, *framer.drain()]:
@@ -221,8 +218,7 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
         data = table.data
         for partition, key, value in out.state:
             data[key] = value
-            wm_key = watermark_keys.get(partition) or WATERMARK_KEY.format(partition=partition)
-            if key in closed or key == wm_key or key.startswith(SCORER_KEY_PREFIXES):
+            if key in closed or key == watermark_key(partition) or key.startswith(SCORER_KEY_PREFIXES):
                 pending_state.pop(key, None)
                 await persist(table, partition, key, value)
             else:
