@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -29,7 +30,7 @@ from streams.app import Leveller, consumer_state, persist
 from streams.deadletter import dead_letter
 from streams.engine import NO_WATERMARK, WindowDef, WindowSpec
 from streams.errors import InvalidReading, SinkError
-from streams.frames import RS, Framer, encode_frame, is_frame, kafka_partition, split_frame
+from streams.frames import RS, encode_frame, is_frame, kafka_partition, split_frame
 from streams.metrics import register_metrics
 from streams.pipeline import SCORER_KEY_PREFIXES, WATERMARK_KEY, Output, Pipeline, Record
 from streams.schema import parse_reading
@@ -178,13 +179,22 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
             await late.send(key=key, value=rec.value, headers=headers, timestamp=_ts(info.reading.ts_ms))
         if frame_size > 1 and out.aggregates:
             # frames of one partition's aggregates (its sensors', by murmur2): the time-series and
-            # alert-routing agents pay their per-record cost once per frame (streams.frames)
-            framer = Framer(lambda key: kafka_partition(key, k.partitions), frame_size)
-            groups = [g for agg in out.aggregates
-                      if (g := framer.add(agg["sensor_id"].encode(), orjson.dumps(agg))) is not None]
-            for p, group in [*groups, *framer.drain()]:
-                await aggregates.send(value=encode_frame(group), partition=p,
-                                      timestamp=_ts(out.aggregates[0]["start_ms"]))
+            # alert-routing agents pay their per-record cost once per frame (streams.frames). Each
+            # frame is encoded as soon as its aggregates are known: holding every aggregate's JSON
+            # until the last frame (a window close of 10,000 sensors is 35,000 of them) cost more
+            # in fresh memory than orjson took to write them (in-process: 1.07 s against 0.10 s).
+            by_partition: dict[int, list[dict[str, Any]]] = {}
+            for agg in out.aggregates:
+                p = kafka_partition(agg["sensor_id"].encode(), k.partitions)
+                group = by_partition.get(p)
+                if group is None:
+                    group = by_partition[p] = []
+                group.append(agg)
+            ts = _ts(out.aggregates[0]["start_ms"])
+            for p, group in sorted(by_partition.items()):
+                for lo in range(0, len(group), frame_size):
+                    frame = encode_frame(list(map(orjson.dumps, group[lo : lo + frame_size])))
+                    await aggregates.send(value=frame, partition=p, timestamp=ts)
         else:
             for agg in out.aggregates:
                 await aggregates.send(
@@ -515,5 +525,7 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
             "zone_msgs_in": zone_stats["msgs_in"],
             "zone_msg_errors": zone_stats["msg_errors"],
             **writer_stats(),
+            "gc": {"threshold": list(gc.get_threshold()),
+                   "collections": [g["collections"] for g in gc.get_stats()]},
         }
         return web_.json(body)

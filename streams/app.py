@@ -603,6 +603,7 @@ def create_app(settings: Settings, **overrides: Any) -> faust.App:
         "broker_commit_every": 100_000,
         "broker_commit_interval": k.commit_interval_s,
         "stream_buffer_maxsize": 8192,
+        "producer_max_batch_size": k.producer_batch_bytes,
         "table_standby_replicas": 0,
     }
     creds = broker_credentials(k)

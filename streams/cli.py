@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import faulthandler
+import gc
 import logging
 import signal
 import sys
@@ -454,6 +455,8 @@ def main() -> None:
     except UrbanSensingError as exc:  # a bad model artifact, rule file, ... : say what and where, no traceback
         click.echo(f"urbansense: {exc}", err=True)
         sys.exit(2)
+    if settings.gc_young_threshold:
+        gc.set_threshold(settings.gc_young_threshold, *gc.get_threshold()[1:])
     register_commands(app, settings)
     register_model_commands(app, settings)
     register_evaluate_command(app, settings)

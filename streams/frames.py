@@ -39,8 +39,15 @@ MAX_FRAME_READINGS: Final = 1 << INDEX_BITS
 
 
 def encode_frame(payloads: Iterable[bytes]) -> bytes:
-    """One record value holding ``payloads`` (each a reading's JSON bytes)."""
-    return b"".join([RS + p + b"\n" for p in payloads])
+    """One record value holding ``payloads`` (each a reading's JSON bytes).
+
+    >>> encode_frame([]), encode_frame([b""])
+    (b'', b'\\x1e\\n')
+    """
+    parts = payloads if isinstance(payloads, list) else list(payloads)
+    if not parts:
+        return b""
+    return RS + b"\n\x1e".join(parts) + b"\n"
 
 
 def is_frame(value: bytes) -> bool:

@@ -54,6 +54,7 @@ def test_mqtt_to_influx_equals_numpy_reference(
         URBAN_INFLUX__VERSION="1",
         URBAN_INFLUX__DATABASE=db,
         URBAN_KAFKA__FETCH_MAX_WAIT_MS="120",
+        URBAN_GC_YOUNG_THRESHOLD="40000",
     )
     root = env["URBAN_MQTT__TOPIC_ROOT"]
     now_ms = time.time_ns() // 1_000_000
@@ -116,6 +117,8 @@ def test_mqtt_to_influx_equals_numpy_reference(
 
     # The consumer's fetch wait is ours, not Faust's hard-coded 1,500 ms (streams.app.fetch_max_wait)
     assert s["readings_consumer"]["fetch_max_wait_ms"] == 120, s["readings_consumer"]
+    # ... and so is the collector's young-generation threshold (URBAN_GC_YOUNG_THRESHOLD, streams.cli)
+    assert s["gc"]["threshold"][0] == 40_000, s["gc"]
 
     # The Prometheus page reports the same counters as the stats page (Prometheus text format).
     prom_values = {ln.split(" ")[0]: float(ln.split(" ")[1]) for ln in prom.splitlines() if ln and ln[0] != "#"}
