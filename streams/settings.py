@@ -96,9 +96,8 @@ class KafkaSettings(_Section):
     #: drain to the broker (Faust's default, kept: 16,384). A window close sends a burst (10,000
     #: sensors: 35,000 aggregates in frames of up to 60 kB and 30,000 state records), and with
     #: 16 kB nearly every frame waits for a broker round trip. 512 kB was tried: backlog drains
-    #: showed no clear difference, and more unsent state at a crash may mean more windows closed
-    #: and emitted again after it (identical copies; one CI recovery run re-emitted 700). At most
-    #: the producer's request size (1,000,000).
+    #: showed no clear difference, so Faust's default stays. At most the producer's request size
+    #: (1,000,000).
     producer_batch_bytes: int = Field(default=16_384, ge=16_384, le=1_000_000)
     #: How long the MQTT bridge holds a partly filled frame for more readings (ms).
     frame_linger_ms: int = Field(default=20, ge=0, le=10_000)
