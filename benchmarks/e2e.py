@@ -386,7 +386,7 @@ class Bench:
                     close_after_s = start / 1000 + spec["seconds"] + a.window_s + a.lateness_ms / 1000 + 3
             else:  # live: event time = wall clock
                 spec = {"topic": topic, "sensors": rate, "seconds": a.seconds,
-                        "incident_after_s": max(2, a.window_s // 2)}  # see live_seconds
+                        "incident_after_s": incident_onset_s(a.window_s)}
             progress = self.tmp / f"{tag}.progress"
             if frame > 1:  # records no longer count readings: the publisher says how many it sent
                 spec.update(frame=frame, partitions=a.partitions, progress=str(progress))
@@ -747,6 +747,11 @@ def live_loads(bench: Bench, loads: list[int], with_baseline: bool) -> dict[str,
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
 
 
+def incident_onset_s(window_s: int) -> int:
+    """Seconds into a live load at which its incident starts (half a window, at least 2)."""
+    return max(2, window_s // 2)
+
+
 def live_seconds(args: argparse.Namespace) -> int:
     """Publishing time of an offered load: ``--seconds``, or longer, so that the incident's first two
     whole windows are closed by the watermark of the running feed (alert latency under load), not by
@@ -755,8 +760,7 @@ def live_seconds(args: argparse.Namespace) -> int:
     >>> live_seconds(argparse.Namespace(seconds=90, window_s=60, lateness_ms=5000))
     220
     """
-    onset_s = max(2, args.window_s // 2)  # the incident's start (see Bench.scenario)
-    return max(args.seconds, onset_s + 3 * args.window_s + -(-args.lateness_ms // 1000) + 5)
+    return max(args.seconds, incident_onset_s(args.window_s) + 3 * args.window_s + -(-args.lateness_ms // 1000) + 5)
 
 
 def main(argv: list[str]) -> int:  # noqa: C901, PLR0915 - one benchmark driver
