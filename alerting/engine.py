@@ -13,6 +13,8 @@ Time is injected: :meth:`AlertEngine.process` and :meth:`AlertEngine.tick` take 
 ``now_ms``. Alert event times come from the data (window ends); timer-driven checks (silence,
 escalation, rate-limit summaries) use the *event clock*: the newest window end seen, advanced by
 the host clock while no data arrives (so a replay does not look silent, and a stopped feed does).
+A sensor's gap that no check saw while it lasted (a backlog or a fast replay delivering the windows
+before and after it in one batch) is raised and cleared when its data shows it, with the same id.
 
 Zone rules (k of n sensors in alarm within T) are decided in event time. A zone's aggregates
 come from several source partitions (the windows stage's), which a host consuming a backlog or
@@ -881,6 +883,13 @@ class AlertEngine:
         last = int(agg.get("last_ts_ms", agg["end_ms"] - 1))
         if last <= t.last_seen_ms:
             return
+        first = int(agg.get("first_ts_ms", last))
+        if not t.active and not t.latched and t.last_seen_ms >= 0 and first - t.last_seen_ms > rule.silent_ms:
+            # A gap the clock never judged while it lasted: its windows and the first ones after it
+            # came in one batch (a backlog or a fast replay), so the sensor was reading again before
+            # a silence check ran. The data itself shows the silence; raise it as of when it was due
+            # (the same alert id the clock would have given), then clear it below.
+            self._raise_silent(t, rule, first)
         t.last_seen_ms = last
         if t.active:
             t.active, t.cleared_ms = False, last
@@ -920,20 +929,25 @@ class AlertEngine:
                 now_t = ts
             if now_t < due:
                 continue
-            t.active = True
-            silent_s = (now_t - t.last_seen_ms) / 1000
-            message = (
-                f"{t.kind} sensor {t.sensor_id} in {t.zone}: no reading for {silent_s:.0f} s "
-                f"(> {rule.silent_ms / 1000:g} s)"
-            )
-            evidence = {"values": [silent_s], "windows": [], "score": None, "model_version": None,
-                        "series": list(t.series), "sensors": [], "last_reading_ts_ms": t.last_seen_ms}
-            rec = self._new_record(
-                rule.name, rule.category, rule.severity, "sensor", t.sensor_id, t.zone, t.kind, None,
-                silent_s, rule.silent_ms / 1000, message, evidence, t.last_seen_ms, due, now_t,
-            )
-            rec["latency_ms"] = now_t - due  # detection delay: there is no triggering reading
-            self._open(t, rec, False, rule.escalate_after_ms)
+            self._raise_silent(t, rule, now_t)
+
+    def _raise_silent(self, t: Track, rule: Rule, now_t: int) -> None:
+        """Raise ``t``'s silence alert, judged at event time ``now_t`` (at or after it was due)."""
+        due = t.last_seen_ms + rule.silent_ms
+        t.active = True
+        silent_s = (now_t - t.last_seen_ms) / 1000
+        message = (
+            f"{t.kind} sensor {t.sensor_id} in {t.zone}: no reading for {silent_s:.0f} s "
+            f"(> {rule.silent_ms / 1000:g} s)"
+        )
+        evidence = {"values": [silent_s], "windows": [], "score": None, "model_version": None,
+                    "series": list(t.series), "sensors": [], "last_reading_ts_ms": t.last_seen_ms}
+        rec = self._new_record(
+            rule.name, rule.category, rule.severity, "sensor", t.sensor_id, t.zone, t.kind, None,
+            silent_s, rule.silent_ms / 1000, message, evidence, t.last_seen_ms, due, now_t,
+        )
+        rec["latency_ms"] = now_t - due  # detection delay: there is no triggering reading
+        self._open(t, rec, False, rule.escalate_after_ms)
 
     # -- zone rules -------------------------------------------------------------------------------
     def _member_alarm(

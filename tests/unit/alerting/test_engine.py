@@ -218,6 +218,35 @@ def test_silence_fires_on_the_event_clock_and_clears_on_data() -> None:
     assert (c["alert_id"], c["state"]) == (s["alert_id"], "cleared")
 
 
+def test_a_gap_that_arrives_in_one_batch_is_still_silence() -> None:
+    """A backlog or a fast replay delivers the windows before a dropout and the first ones after it
+    in one batch: the sensor reads again before any silence check runs. The gap in its data is
+    the silence; it is raised (with the alert id the event clock would have given) and cleared."""
+    eng = AlertEngine(rules(QUALITY))
+    sid = "env-futian-0001"
+    batch = [make_agg(sid, i, 20) for i in range(3)] + [make_agg(sid, i, 20) for i in range(10, 13)]
+    out = run(eng, batch, now=T0 + 1000 * W)
+    last = T0 + 2 * W + 51_000
+    assert [(r["rule"], r["sensor_id"], r["state"]) for r in out] == [
+        ("silent", sid, "raised"), ("silent", sid, "cleared")]
+    assert out[0]["alert_id"] == out[1]["alert_id"] == alert_id("silent", sid, last + 5 * W)
+    assert out[0]["first_reading_ts_ms"] == last
+    assert out[0]["ts_ms"] == T0 + 10 * W + 1_000  # known at the first reading after the gap
+    assert out[0]["latency_ms"] == T0 + 10 * W + 1_000 - (last + 5 * W)
+    # the same feed, window by window with the clock judging as it goes, gives the same alert id
+    eng2 = AlertEngine(rules(QUALITY))
+    other = "env-futian-0002"
+    ids = []
+    for i in range(13):
+        batch = [make_agg(other, i, 20)] + ([make_agg(sid, i, 20)] if i < 3 or i >= 10 else [])
+        ids += [(r["sensor_id"], r["state"], r["alert_id"]) for r in run(eng2, batch, now=T0 + (i + 1) * W)]
+    assert ids == [(sid, "raised", out[0]["alert_id"]), (sid, "cleared", out[0]["alert_id"])]
+    # a gap of exactly the silence limit is no silence (only "more than silent_for" is)
+    eng3 = AlertEngine(rules(QUALITY))
+    spaced = [make_agg(sid, 0, 20), make_agg(sid, 5, 20, first_ts_ms=T0 + 51_000 + 5 * W)]
+    assert run(eng3, spaced, now=T0 + 1000 * W) == []
+
+
 def test_a_replay_does_not_look_silent() -> None:
     eng = AlertEngine(rules(QUALITY))
     wall = T0 + 1000 * W  # replaying data from long ago
