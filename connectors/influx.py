@@ -182,6 +182,22 @@ def _encoded_chunks(points: Sequence[Point], size: int) -> list[tuple[int, bytes
     return [(len(chunk), encode_lines(chunk)) for chunk in chunks]
 
 
+#: Below this many points a batch is encoded on the event loop (a thread hop costs more).
+THREAD_MIN_POINTS = 2000
+
+
+async def encoded_chunks(points: Sequence[Point], size: int) -> list[tuple[int, bytes]]:
+    """:func:`_encoded_chunks`, off the event loop for large batches.
+
+    A window close of 10,000 sensors is 35,000 points (about 0.13 s of encoding); on the loop it
+    would hold up every other agent of the worker, the alert path among them. In a thread it still
+    takes the GIL, but the loop gets it back every switch interval (5 ms).
+    """
+    if len(points) < THREAD_MIN_POINTS:
+        return _encoded_chunks(points, size)
+    return await asyncio.to_thread(_encoded_chunks, points, size)
+
+
 def _first_line(body: bytes) -> str:
     return body.split(b"\n", 1)[0].decode(errors="replace")
 
@@ -317,7 +333,7 @@ class InfluxV1Sink:
             ValueError: a point cannot be encoded (nothing of the batch is sent).
             SinkError: the server refused a request or stayed unreachable.
         """
-        bodies = _encoded_chunks(points, self.batch_size)
+        bodies = await encoded_chunks(points, self.batch_size)
         if not bodies:
             return
         await self._ensure_database()
@@ -455,7 +471,7 @@ class InfluxV2Sink:
             ValueError: a point cannot be encoded (nothing of the batch is sent).
             SinkError: the server refused a request or stayed unreachable.
         """
-        for count, body in _encoded_chunks(points, self.batch_size):
+        for count, body in await encoded_chunks(points, self.batch_size):
             await self._retry.run(
                 functools.partial(self._send, body), f"write of {count} points", _first_line(body)
             )

@@ -67,6 +67,10 @@ def reading_chunks(records: list[Record], max_readings: int) -> list[list[Record
         chunks.append(chunk)
     return chunks
 SINK_BATCH = 5000
+#: Table records written between two turns given to the other agents (see ``emit``).
+YIELD_EVERY = 2000
+#: Frames of at least this many bytes are decoded to points in a thread (see ``timeseries``).
+THREAD_MIN_BYTES = 256 * 1024
 
 
 def wall_ms() -> int:
@@ -109,6 +113,40 @@ def _buffer_full_alert(detail: str, now_ms: int) -> dict[str, Any]:
     }
 
 
+def models_path(settings: Settings) -> Path:
+    """The model artifacts folder: ``URBAN_MODELS__DIR``, or the packaged ``models/artifacts``."""
+    return settings.models.dir or Path(models_pkg.__file__).parent / "artifacts"
+
+
+def build_pipeline(settings: Settings) -> Pipeline:
+    """The worker's processing path as ``settings`` configure it (windows, zones, cardinality
+    guard, scorer): what the ``urbansense.windows`` agent runs, and what
+    ``python -m benchmarks pipeline`` measures.
+
+    Raises:
+        ModelLoadError: models are enabled and an artifact cannot be loaded safely.
+    """
+    w = settings.window
+    scorer = None
+    if settings.models.enabled:
+        scorer = StreamScorer.from_folder(models_path(settings), size_ms=w.size_ms)
+    return Pipeline(
+        WindowSpec(
+            w.size_ms,
+            w.allowed_lateness_ms,
+            w.grace_ms,
+            w.idle_timeout_ms,
+            tuple(WindowDef.parse(x) for x in w.extra.split(",") if x.strip()),
+            early_updates=w.early_updates,
+        ),
+        (),  # rules run in the stateful alert engine (streams.alert_agents), not per window here
+        max_payload_bytes=settings.max_payload_bytes,
+        zones=w.zones,
+        max_sensors_per_partition=settings.max_sensors_per_partition,
+        scorer=scorer,
+    )
+
+
 def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one place that wires it all
     """Declare the UrbanSense topics, table, agents, timer and web views on ``app``."""
     k = settings.kafka
@@ -136,25 +174,9 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
         schema=faust.Schema(key_serializer="json", value_serializer="json"),
         help="Open event-time windows per sensor, and each partition's watermark.",
     )
-    scorer = None
-    models_dir = settings.models.dir or Path(models_pkg.__file__).parent / "artifacts"
-    if settings.models.enabled:
-        scorer = StreamScorer.from_folder(models_dir, size_ms=w.size_ms)  # ModelLoadError stops start-up
-    pipeline = Pipeline(
-        WindowSpec(
-            w.size_ms,
-            w.allowed_lateness_ms,
-            w.grace_ms,
-            w.idle_timeout_ms,
-            tuple(WindowDef.parse(x) for x in w.extra.split(",") if x.strip()),
-            early_updates=w.early_updates,
-        ),
-        (),  # rules run in the stateful alert engine (streams.alert_agents), not per window here
-        max_payload_bytes=settings.max_payload_bytes,
-        zones=w.zones,
-        max_sensors_per_partition=settings.max_sensors_per_partition,
-        scorer=scorer,
-    )
+    pipeline = build_pipeline(settings)  # ModelLoadError stops start-up
+    scorer = pipeline.scorer
+    models_dir = models_path(settings)
     app.urbansense_pipeline = pipeline  # type: ignore[attr-defined]
     attach_alerting(app, settings, counters=pipeline.counters, score_available=scorer is not None)
     register_api(app, settings)
@@ -226,7 +248,9 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
         # (flush_state), latest document per sensor.
         closed = {agg["sensor_id"] for agg in out.aggregates}
         data = table.data
-        for partition, key, value in out.state:
+        for i, (partition, key, value) in enumerate(out.state, 1):
+            if not i % YIELD_EVERY:
+                await asyncio.sleep(0)  # a close of 10,000 sensors is 30,000 records: let the alert path run
             data[key] = value
             if key in closed or key == watermark_key(partition) or key.startswith(SCORER_KEY_PREFIXES):
                 pending_state.pop(key, None)
@@ -267,6 +291,10 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
             # the event loop for seconds (no fetching, sending or committing meanwhile).
             for chunk in reading_chunks(records, READINGS_BATCH):
                 await emit(pipeline.process(chunk, wall_ms(), table.data.items()))
+                # Give the other agents a turn: an await that does not suspend (a send into a
+                # producer batch with room) does not, and a backlog caught up after a window close
+                # is many chunks; the alert path (routing, the engine) would wait behind all of them.
+                await asyncio.sleep(0)
             align()
             yield None
 
@@ -371,15 +399,11 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
         buffered.append(sink)
         try:
             async for events in stream.take_events(SINK_BATCH, within=0.5):
-                points: list[Point] = []
-                for e in events:
-                    topic = e.message.topic
-                    if topic == k.alerts_topic:
-                        points.append(alert_point(orjson.loads(e.value)))
-                    elif topic == k.zone_aggregates_topic:
-                        points.append(zone_point(orjson.loads(e.value)))
-                    else:  # one aggregate, or a frame of them
-                        points += [aggregate_point(orjson.loads(raw)) for raw in split_frame(e.value)]
+                values = [(e.message.topic, e.value) for e in events]
+                if sum(len(v) for _, v in values) < THREAD_MIN_BYTES:
+                    points = points_of(values)
+                else:  # a window close's frames: decoding them would hold up the loop (and the alert path)
+                    points = await asyncio.to_thread(points_of, values)
                 delay = 1.0
                 alerted = False
                 while True:  # never drop: hold the batch (and the offsets) until it is written or buffered
@@ -411,6 +435,17 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
             await sink.close()
             for f in _BUFFER_TOTALS:  # keep the totals of a restarted agent
                 sink_stats[f] = sink_stats.get(f, 0) + sink.stats[f]
+
+    def points_of(values: list[tuple[str, bytes]]) -> list[Point]:
+        points: list[Point] = []
+        for topic, value in values:
+            if topic == k.alerts_topic:
+                points.append(alert_point(orjson.loads(value)))
+            elif topic == k.zone_aggregates_topic:
+                points.append(zone_point(orjson.loads(value)))
+            else:  # one aggregate, or a frame of them
+                points += [aggregate_point(orjson.loads(raw)) for raw in split_frame(value)]
+        return points
 
     @app.timer(interval=1.0)
     async def timeseries_flush() -> None:

@@ -309,6 +309,13 @@ class Pipeline:
         out: Output,
     ) -> None:
         """Apply :meth:`_admit` to every row in input order; drop the refused rows from ``by_partition``."""
+        for p, (_, rows) in by_partition.items():
+            pw = self.partitions.get(p) or self.partition(p, table or ())
+            known = pw.sensors
+            if not all(ident[0] in known for ident in rows.ident):
+                break
+        else:
+            return  # every sensor of the batch is tracked already (the steady state): nothing to judge
         order = sorted((at[p][i], p, k) for p, (_, rows) in by_partition.items() for k, i in enumerate(rows.index))
         admitted: dict[int, set[str]] = {}  # new sensor ids let in by this batch, per partition
         refused: dict[int, set[int]] = {}

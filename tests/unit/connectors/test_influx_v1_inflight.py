@@ -147,3 +147,27 @@ def test_caches_stay_bounded_and_change_nothing(monkeypatch: pytest.MonkeyPatch)
     once = encode_lines(batch)
     assert encode_lines(batch) == once == b"\n".join(f"m,s=s{i} f{i}=1.5,n={i}i {i}".encode() for i in range(10))
     assert len(lineprotocol._SERIES) <= 4 and len(lineprotocol._FIELD_KEYS) <= 4
+
+
+def test_large_batches_are_encoded_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A window close's points are encoded in a thread (the loop keeps serving the alert path);
+    the bodies are the same bytes as encoding on the loop."""
+    from connectors import influx
+    from connectors.lineprotocol import Point
+
+    points = [Point("agg", {"sensor_id": f"s{i % 300}"}, {"mean": i / 7}, 1_700_000_000_000 + i)
+              for i in range(influx.THREAD_MIN_POINTS + 1)]
+    threads: list[str] = []
+    real = influx._encoded_chunks
+
+    def spy(pts: Any, size: int) -> Any:
+        threads.append(threading.current_thread().name)
+        return real(pts, size)
+
+    monkeypatch.setattr(influx, "_encoded_chunks", spy)
+    big = asyncio.run(influx.encoded_chunks(points, 1000))
+    small = asyncio.run(influx.encoded_chunks(points[:10], 1000))
+    assert [n for n, _ in big] == [1000, 1000, 1]
+    assert big == real(points, 1000)
+    assert small == real(points[:10], 1000)
+    assert threads[0] != threading.main_thread().name and threads[1] == threading.main_thread().name
