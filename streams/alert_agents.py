@@ -2,7 +2,7 @@
 
 Data flow (the engine is pure; these agents only move bytes)::
 
-    aggregates topic ─► urbansense.alerting.route ─► <app_id>-alerting-input (key = zone)
+    aggregates topic ─► urbansense.alerting.route ─► <app_id>-alerting-input (partition of the zone key)
     control topic ────► urbansense.alerting.control ─► every partition of the same topic
     <app_id>-alerting-input ─► urbansense.alerting (AlertEngine) ─► alerts topic (key = alert id)
                                          │                           ├─► sinks (MQTT, webhook, CAP)
@@ -31,7 +31,7 @@ from alerting.engine import AlertEngine
 from alerting.errors import RuleError
 from alerting.rules import load_rules
 from streams.app import persist
-from streams.frames import split_frame
+from streams.frames import kafka_partition, split_frame
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -261,10 +261,18 @@ def attach_alerting(  # noqa: C901 - one place that wires it all
 
     @app.agent(aggs_in, name="urbansense.alerting.route")
     async def route(stream: faust.StreamT) -> AsyncIterator[None]:
-        """Re-key the aggregates the rules look at by zone (one message per zone and batch)."""
+        """Re-key the aggregates the rules look at by zone (one message per engine partition and batch).
+
+        One message per engine partition, not per zone: the engine judges silence after each
+        message on the clock of the sensor's source, and a batch of a fast replay spans several
+        windows. Sent per zone, one zone's aggregates moved that clock on before the next zone's
+        message (same partition, same batch) had delivered its sensors' windows, and they looked
+        silent (a default-scenario broker run raised 202 silence alerts, and the rate limit they
+        set off held back incident alerts: recall 0.67).
+        """
         sent: dict[int, int] = {}  # source partition -> window end last announced
         async for events in stream.take_events(ROUTE_BATCH, within=0.05):
-            by_zone: dict[str, list[Any]] = defaultdict(list)
+            by_part: dict[int, list[Any]] = defaultdict(list)
             ends: dict[int, int] = {}
             for e in events:
                 src = e.message.partition
@@ -276,9 +284,11 @@ def attach_alerting(  # noqa: C901 - one place that wires it all
                     if engine.wants(agg):
                         # The source partition: its own event clock judges the silence of its sensors.
                         agg["src"] = src
-                        by_zone[agg["zone"]].append(agg)
-            for zone, aggs in by_zone.items():
-                await routed.send(key=zone.encode(), value=orjson.dumps({"t": "aggs", "aggs": aggs}))
+                        # the partition the zone's key picks: a zone and its state stay where they were
+                        by_part[kafka_partition(agg["zone"].encode(), k.partitions)].append(agg)
+            for p, aggs in sorted(by_part.items()):
+                await routed.send(key=aggs[0]["zone"].encode(), value=orjson.dumps({"t": "aggs", "aggs": aggs}),
+                                  partition=p)
             # Progress marker to every engine partition, behind this batch's aggregates: how far
             # each source has got, so a sensor alone in its (partition, source) pair that goes
             # silent does not stall the clock its silence is judged on.

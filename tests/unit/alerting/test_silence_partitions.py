@@ -78,3 +78,21 @@ def test_a_partition_still_catching_up_after_the_lead_finished_does_not_look_sil
     assert eng.tick(host + 4 * 60_000) == []
     [south_silent] = eng.tick(host + 6 * 60_000)
     assert south_silent["sensor_id"] == south and south_silent["state"] == "raised"
+
+
+def test_one_message_per_engine_partition_keeps_a_fast_replay_from_looking_silent() -> None:
+    """Why the route agent sends one message per engine partition and batch, not one per zone: a
+    batch of a fast replay spans several windows, and the engine judges silence after each
+    message on the clock of the sensor's source. Per zone, the first zone's windows move that
+    clock on before the second zone's windows (same source, same batch) have arrived."""
+    a, b = "env-futian-0001", "env-luohu-0002"  # two zones, one engine partition, one source
+    first = [make_agg(a, i, 20, src=0) for i in range(3)] + [make_agg(b, i, 20, src=0, zone="luohu") for i in range(3)]
+    later_a = [make_agg(a, i, 20, src=0) for i in range(3, 10)]
+    later_b = [make_agg(b, i, 20, src=0, zone="luohu") for i in range(3, 10)]
+    per_zone = AlertEngine(load_rules(text=SILENT))
+    per_zone.process(first, T0 + 3 * W, partition=0)
+    out = per_zone.process(later_a, T0 + 3 * W, partition=0) + per_zone.process(later_b, T0 + 3 * W, partition=0)
+    assert [(r["sensor_id"], r["state"]) for r in out] == [(b, "raised"), (b, "cleared")]  # a false silence
+    together = AlertEngine(load_rules(text=SILENT))
+    together.process(first, T0 + 3 * W, partition=0)
+    assert together.process(later_a + later_b, T0 + 3 * W, partition=0) == []
