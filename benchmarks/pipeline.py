@@ -5,7 +5,9 @@ malformed messages mixed in) go through exactly what the Faust agents run per mi
 core, fed from memory:
 
 * :meth:`streams.pipeline.Pipeline.process` with the worker's settings (tumbling 60 s windows,
-  5 s allowed lateness, zone partials on): validate, window, close, table-state documents;
+  5 s allowed lateness, zone partials on): validate, window, close, table-state documents
+  (with each batch that closes windows, and for the rest at each offset commit, every
+  ``URBAN_KAFKA__COMMIT_INTERVAL_S`` of wall time, as the worker writes them);
 * :class:`alerting.engine.AlertEngine` with the packaged rules on the closed aggregates (the
   alert decisions the worker's alerting agent makes);
 * encoding of every aggregate, zone message, alert and table-state document to the bytes the
@@ -55,6 +57,7 @@ from streams.errors import InvalidReading
 from streams.panes import FREE, PaneStore
 from streams.pipeline import Pipeline, Record
 from streams.schema import Reading, parse_reading
+from streams.settings import Settings
 
 START_MS = 1_780_000_000_000
 TOPIC = "urban.readings.v1"
@@ -91,7 +94,6 @@ def worker_pipeline() -> Pipeline:
     """The pipeline exactly as a worker with default settings builds it: windows and zones, the
     cardinality guard (``URBAN_MAX_SENSORS_PER_PARTITION``) and the packaged anomaly models."""
     from streams.agents import build_pipeline
-    from streams.settings import Settings
 
     return build_pipeline(Settings())
 
@@ -109,12 +111,19 @@ def run(records: list[tuple[int, Record]], batch: int, *, alerts: bool = True, w
     n_aggs = n_alerts = n_state = n_bytes = n_state_bytes = 0
     dumps = orjson.dumps
     kept: list[dict[str, Any]] = []
+    commit_s = Settings().kafka.commit_interval_s
     gc.collect()
     c0, w0 = time.process_time(), time.perf_counter()
+    next_commit = w0 + commit_s
     for lo in range(0, len(records), batch):
         chunk = records[lo : lo + batch]
         now = chunk[-1][0]
         out = pipeline.process([r for _, r in chunk], now)
+        if time.perf_counter() >= next_commit or lo + batch >= len(records):
+            # the worker's offset commit (every URBAN_KAFKA__COMMIT_INTERVAL_S of wall time, and a
+            # last one here) writes the documents the batches left for it (agents.flush_state)
+            out.state.extend(pipeline.take_state())
+            next_commit = time.perf_counter() + commit_s
         decided = engine.process(out.aggregates, now) if engine is not None and out.aggregates else []
         for agg in out.aggregates:
             body = dumps(agg)

@@ -258,8 +258,16 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
             else:
                 pending_state[key] = (partition, value)
 
+    def stash_state() -> None:
+        """Take the documents the pipeline left for the commit (Pipeline.take_state) into the table."""
+        data = table.data
+        for partition, key, value in pipeline.take_state():
+            data[key] = value
+            pending_state[key] = (partition, value)
+
     async def flush_state() -> None:
         """Write the pending window state (before each offset commit, and on revocation)."""
+        stash_state()
         if not pending_state:
             return
         items = list(pending_state.items())
@@ -462,6 +470,7 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
 
     @app.on_partitions_assigned.connect
     async def _assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
+        stash_state()  # what the pipeline holds in memory only; written with the next commit
         readings_level.forget()
         pipeline.forget()
         rollups.clear()

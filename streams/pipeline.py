@@ -95,6 +95,8 @@ class Output:
     #: already encoded (an ``orjson.Fragment``: the table's orjson serializer writes it as is, and
     #: :func:`streams.engine.decoded` gives the dict). With a scorer, a closure's scorer state
     #: (:data:`SCORER_KEY`, :data:`SEASON_KEY`) comes before the window state of its sensors.
+    #: Sensor documents come only with a batch that closes windows; :meth:`Pipeline.take_state`
+    #: gives the others.
     state: list[tuple[int, str, Any]] = field(default_factory=list)
     #: Zone partials and watermark markers for the zone roll-up stage.
     zone_msgs: list[dict[str, Any]] = field(default_factory=list)
@@ -406,6 +408,20 @@ class Pipeline:
             "latency_ms": 0,
         }
 
+    def take_state(self) -> list[tuple[int, str, Any]]:
+        """``(partition, key, document)`` of every sensor whose windows changed since its last document.
+
+        :meth:`process` returns the documents of a batch that closes windows in :attr:`Output.state`
+        and leaves the rest for this call: the caller writes them before it commits the offsets of
+        the readings they hold (``streams.agents.flush_state``). A document newer than the offsets
+        committed is safe: readings delivered again are recognised by offset.
+        """
+        out: list[tuple[int, str, Any]] = []
+        for p in sorted(self.partitions):
+            docs = self.partitions[p].take_dirty(encoded=True)
+            out.extend(zip(repeat(p), docs, docs.values()))
+        return out
+
     def tick(self, now_ms: int) -> Output:
         """Advance idle partitions' watermarks by the clock and close what that completes."""
         out = Output()
@@ -453,8 +469,14 @@ class Pipeline:
                 if alerts:
                     out.alerts.extend(alerts)
                     self.counters.alerts += len(alerts)
-        docs = pw.take_dirty(encoded=True)
-        out.state.extend(zip(repeat(p), docs, docs.values()))
+        if closed:
+            # the state of every sensor touched since the last documents: those whose windows
+            # closed must reach the changelog now (see streams.agents.emit). A batch that closes
+            # nothing leaves its sensors dirty: their documents are built once per offset commit
+            # (take_state), not once per batch, which was one document per reading at a sensor a
+            # second (2.5 of 14.5 µs per reading in `python -m benchmarks pipeline`).
+            docs = pw.take_dirty(encoded=True)
+            out.state.extend(zip(repeat(p), docs, docs.values()))
         wm_doc: dict[str, Any] = {"p": p, "max_ts_ms": pw.max_ts_ms}
         if pw.ahead:
             wm_doc["ahead"] = dict(pw.ahead)

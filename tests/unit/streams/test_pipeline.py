@@ -33,9 +33,33 @@ def test_batch_routes_valid_invalid_and_closes_windows() -> None:
     closed = [(a["start_ms"] - base, a["count"]) for a in out.aggregates]
     assert closed[0][1] >= 1 and sum(c for _, c in closed) <= 13
     assert [a["rule"] for a in out.alerts] and all(a["value"] > 40 for a in out.alerts)
-    keys = {k for _, k, _ in out.state}
+    keys = {k for _, k, _ in out.state}  # the batch closed windows: every sensor's state comes with it
     assert {"s1", WATERMARK_KEY.format(partition=0)} <= keys
     assert p.counters.readings_in == 14 and p.counters.dead_letters == 1
+
+
+def test_sensor_documents_wait_for_a_close_or_the_commit() -> None:
+    spec = WindowSpec(60_000, 0, 0, 5_000)
+    p = Pipeline(spec, ())
+    base = NOW - 600_000 - (NOW - 600_000) % 60_000
+    first = p.process([Record(0, i, payload(f"s{i}", base + 1000, 1.0)) for i in range(3)], NOW)
+    assert [k for _, k, _ in first.state] == [WATERMARK_KEY.format(partition=0)]  # no close: no sensor yet
+    second = p.process([Record(0, 3, payload("s0", base + 2000, 2.0))], NOW)
+    assert [k for _, k, _ in second.state] == [WATERMARK_KEY.format(partition=0)]
+    taken = p.take_state()  # the commit: each sensor once, with every reading so far
+    assert [(part, k) for part, k, _ in taken] == [(0, "s0"), (0, "s1"), (0, "s2")]
+    assert p.take_state() == []
+    p.process([Record(0, 4, payload("s1", base + 30_000, 3.0)), Record(0, 5, payload("s0", base + 55_000, 3.0))], NOW)
+    closing = p.process([Record(0, 6, payload("s2", base + 66_000, 1.0))], NOW)  # closes the first window
+    assert sorted(a["sensor_id"] for a in closing.aggregates) == ["s0", "s1", "s2"]
+    keys = [k for _, k, _ in closing.state]
+    assert {"s0", "s1", "s2", WATERMARK_KEY.format(partition=0)} == set(keys)  # all of them, with the close
+    assert p.take_state() == []
+    restored = Pipeline(spec, ())
+    table = {k: v for _, k, v in [*taken, *closing.state]}
+    pw = restored.partition(0, table.items())
+    assert pw.open_windows == p.partitions[0].open_windows == 1
+    assert {s: m.offset for s, m in pw.sensors.items()} == {s: m.offset for s, m in p.partitions[0].sensors.items()}
 
 
 def test_state_restores_from_table_rows_and_deduplicates() -> None:
@@ -44,7 +68,7 @@ def test_state_restores_from_table_rows_and_deduplicates() -> None:
     base = NOW - 600_000
     recs = [Record(1, i, payload("s1", base + i * 1000, 1.0)) for i in range(30)]
     out = a.process(recs[:20], NOW)
-    table = {k: v for _, k, v in out.state}
+    table = {k: v for _, k, v in [*out.state, *a.take_state()]}  # what the offset commit wrote
     b = Pipeline(spec, ())  # a restarted worker: replays from the last committed offset (10)
     out2 = b.process(recs[10:], NOW, table.items())
     assert b.counters.duplicates == 10 and b.counters.readings_counted == 10

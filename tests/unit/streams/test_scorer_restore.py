@@ -69,6 +69,7 @@ def run(p: Pipeline, batches: tuple[Batch, ...], table: Table | None = None) -> 
         out = p.process(records, now, written.items())
         aggregates += out.aggregates
         written.update((key, value) for _, key, value in out.state)
+    written.update((key, value) for _, key, value in p.take_state())  # the offset commit's
     return aggregates, written
 
 
