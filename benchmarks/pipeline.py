@@ -119,6 +119,7 @@ def run(records: list[tuple[int, Record]], batch: int, *, alerts: bool = True, w
         chunk = records[lo : lo + batch]
         now = chunk[-1][0]
         out = pipeline.process([r for _, r in chunk], now)
+        out.state.extend(pipeline.closed_state())  # the worker builds them after sending the aggregates
         if time.perf_counter() >= next_commit or lo + batch >= len(records):
             # the worker's offset commit (every URBAN_KAFKA__COMMIT_INTERVAL_S of wall time, and a
             # last one here) writes the documents the batches left for it (agents.flush_state)

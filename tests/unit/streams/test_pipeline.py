@@ -33,7 +33,7 @@ def test_batch_routes_valid_invalid_and_closes_windows() -> None:
     closed = [(a["start_ms"] - base, a["count"]) for a in out.aggregates]
     assert closed[0][1] >= 1 and sum(c for _, c in closed) <= 13
     assert [a["rule"] for a in out.alerts] and all(a["value"] > 40 for a in out.alerts)
-    keys = {k for _, k, _ in out.state}  # the batch closed windows: every sensor's state comes with it
+    keys = {k for _, k, _ in [*out.state, *p.closed_state()]}  # the batch closed windows: s1's state is due
     assert {"s1", WATERMARK_KEY.format(partition=0)} <= keys
     assert p.counters.readings_in == 14 and p.counters.dead_letters == 1
 
@@ -50,16 +50,20 @@ def test_sensor_documents_wait_for_a_close_or_the_commit() -> None:
     assert [(part, k) for part, k, _ in taken] == [(0, "s0"), (0, "s1"), (0, "s2")]
     assert p.take_state() == []
     p.process([Record(0, 4, payload("s1", base + 30_000, 3.0)), Record(0, 5, payload("s0", base + 55_000, 3.0))], NOW)
-    closing = p.process([Record(0, 6, payload("s2", base + 66_000, 1.0))], NOW)  # closes the first window
+    closing = p.process([Record(0, 6, payload("s3", base + 62_000, 3.0))], NOW)  # closes the first window
     assert sorted(a["sensor_id"] for a in closing.aggregates) == ["s0", "s1", "s2"]
-    keys = [k for _, k, _ in closing.state]
-    assert {"s0", "s1", "s2", WATERMARK_KEY.format(partition=0)} == set(keys)  # all of them, with the close
-    assert p.take_state() == []
-    restored = Pipeline(spec, ())
-    table = {k: v for _, k, v in [*taken, *closing.state]}
-    pw = restored.partition(0, table.items())
-    assert pw.open_windows == p.partitions[0].open_windows == 1
-    assert {s: m.offset for s, m in pw.sensors.items()} == {s: m.offset for s, m in p.partitions[0].sensors.items()}
+    assert [k for _, k, _ in closing.state] == [WATERMARK_KEY.format(partition=0)]
+    assert p.closures_pending
+    steps = [p.closed_state(2), p.closed_state(2), p.closed_state(2)]
+    assert [[k for _, k, _ in step] for step in steps] == [["s0", "s1"], ["s2"], []]  # in steps; s3 is not due
+    assert not p.closures_pending
+    last = p.take_state()
+    assert [k for _, k, _ in last] == ["s3"]
+    table = {k: v for _, k, v in [*taken, *closing.state, *steps[0], *steps[1], *last]}
+    restored = Pipeline(spec, ()).partition(0, table.items())
+    pw = p.partitions[0]
+    assert restored.open_windows == pw.open_windows == 1  # s3's
+    assert {s: m.offset for s, m in restored.sensors.items()} == {s: m.offset for s, m in pw.sensors.items()}
 
 
 def test_state_restores_from_table_rows_and_deduplicates() -> None:

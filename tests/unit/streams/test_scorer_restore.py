@@ -68,7 +68,7 @@ def run(p: Pipeline, batches: tuple[Batch, ...], table: Table | None = None) -> 
     for now, records in batches:
         out = p.process(records, now, written.items())
         aggregates += out.aggregates
-        written.update((key, value) for _, key, value in out.state)
+        written.update((key, value) for _, key, value in [*out.state, *p.closed_state()])
     written.update((key, value) for _, key, value in p.take_state())  # the offset commit's
     return aggregates, written
 
@@ -139,14 +139,15 @@ def test_a_closure_writes_its_scorer_state_before_its_window_state_and_one_seaso
     out = p.process(records, now)
     closed = {a["sensor_id"]: a["start_ms"] for a in out.aggregates if "score" in a}
     assert closed
-    keys = [k for _, k, _ in out.state]
+    state = [*out.state, *p.closed_state()]
+    keys = [k for _, k, _ in state]
     assert len(keys) == len(set(keys))
     for sid, start_ms in closed.items():
         series = keys.index(f"__f__:{sid}")
         season = [k for k in keys if k.startswith(f"__fs__:{sid}:")]
         assert season == [f"__fs__:{sid}:{(start_ms // 3_600_000) % 168}"]  # the bucket it learned into
         assert series < keys.index(season[0]) < keys.index(sid)  # before the window state it belongs to
-    for part, key, doc in out.state:
+    for part, key, doc in state:
         if key.startswith(SCORER_KEY_PREFIXES):
             assert doc["p"] == part and doc["k"] in ("traffic", "environment", "crowd", "iot")
     assert not {k for k in keys if k.startswith(SCORER_KEY_PREFIXES)} & {*closed, *p.partitions[0].sensors}
