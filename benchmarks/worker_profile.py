@@ -63,11 +63,14 @@ def categorise(raw: Path) -> dict[str, float]:
     return {k: round(v / max(total, 1), 3) for k, v in counts.most_common()}
 
 
-def run_once(tmp: Path, sensors: int, steps: int, py_spy: str | None, frame: int = 1) -> dict[str, Any]:
+def run_once(
+    tmp: Path, sensors: int, steps: int, py_spy: str | None, frame: int = 1, keep: Path | None = None,
+) -> dict[str, Any]:
     """One worker draining ``sensors * steps`` readings; figures as in the module docstring.
 
     ``frame`` > 1: the backlog goes in frames of that many readings and the worker frames its
-    aggregates topic too (``URBAN_KAFKA__FRAME_SIZE``, :mod:`streams.frames`).
+    aggregates topic too (``URBAN_KAFKA__FRAME_SIZE``, :mod:`streams.frames`). ``keep``: a path
+    to copy py-spy's raw samples to (collapsed stacks, for a closer look than the shares).
     """
     from connectors.broker import free_port, start_tansu, stop_process
     from connectors.kafka import producer_config
@@ -117,6 +120,8 @@ def run_once(tmp: Path, sensors: int, steps: int, py_spy: str | None, frame: int
     }
     if spy is not None and (tmp / "spy.txt").exists():
         out["py_spy_shares"] = categorise(tmp / "spy.txt")
+        if keep is not None:
+            shutil.copyfile(tmp / "spy.txt", keep)
     return out
 
 
@@ -129,6 +134,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--frame", type=int, default=1, help="readings per Kafka record (and aggregates per record)")
     ap.add_argument("--py-spy", action="store_true", help="sample the worker with py-spy (pip install py-spy)")
+    ap.add_argument("--keep-samples", type=Path, help="with --py-spy: copy each run's raw samples to PATH.N")
     args = ap.parse_args(argv)
     py_spy = None
     if args.py_spy:
@@ -137,9 +143,10 @@ def main(argv: list[str]) -> int:
             sys.stderr.write("--py-spy: py-spy is not installed (pip install py-spy)\n")
             return 2
     runs = []
-    for _ in range(args.repeats):
+    for i in range(args.repeats):
+        keep = args.keep_samples.with_name(f"{args.keep_samples.name}.{i}") if args.keep_samples else None
         with tempfile.TemporaryDirectory(prefix="urban-wprof-") as d:
-            runs.append(run_once(Path(d), args.sensors, args.steps, py_spy, args.frame))
+            runs.append(run_once(Path(d), args.sensors, args.steps, py_spy, args.frame, keep))
     result = {
         "worker_cpu_us_per_reading": statistics.median(r["worker_cpu_us_per_reading"] for r in runs),
         "readings_per_s": statistics.median(r["readings_per_s"] for r in runs),
