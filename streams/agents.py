@@ -25,7 +25,7 @@ from connectors.lineprotocol import Point, aggregate_point, alert_point, zone_po
 from models.stream import StreamScorer
 from streams.alert_agents import attach_alerting
 from streams.api import register_api, register_retention
-from streams.app import Leveller, consumer_state, persist
+from streams.app import Leveller, before_commit, consumer_state, persist, persist_pending, stash
 from streams.deadletter import dead_letter
 from streams.engine import NO_WATERMARK, WindowDef, WindowSpec
 from streams.errors import InvalidReading, SinkError
@@ -264,34 +264,14 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
 
     def stash_state() -> None:
         """Take the documents the pipeline left for the commit (Pipeline.take_state) into the table."""
-        data = table.data
-        for partition, key, value in pipeline.take_state():
-            data[key] = value
-            pending_state[key] = (partition, value)
+        stash(table, pending_state, pipeline.take_state())
 
     async def flush_state() -> None:
         """Write the pending window state (before each offset commit, and on revocation)."""
         stash_state()
-        if not pending_state:
-            return
-        items = list(pending_state.items())
-        pending_state.clear()
-        data = table.data
-        for i, (key, (partition, value)) in enumerate(items):
-            # Write the sensor's current document, not the snapshot taken above: each write yields,
-            # and meanwhile emit may have written a newer one (a window closed). Writing the stale
-            # snapshot after it would leave the changelog behind the committed offsets (a restart
-            # would re-close that window with only the readings of the snapshot). A newer document
-            # than the offsets being committed is safe: replayed readings are recognised by offset.
-            value = data.get(key, value)
-            try:
-                await persist(table, partition, key, value)
-            except BaseException:  # the commit fails with it; keep what was not written (or is newer)
-                for k2, v2 in items[i:]:
-                    pending_state.setdefault(k2, v2)
-                raise
+        await persist_pending(table, pending_state)
 
-    app.urbansense_before_commit = flush_state  # type: ignore[attr-defined]  # see streams.app
+    before_commit(app, flush_state)  # see streams.app
 
     @app.agent(readings, name="urbansense.windows")
     async def windows(stream: faust.StreamT) -> AsyncIterator[None]:

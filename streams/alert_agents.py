@@ -30,7 +30,7 @@ import orjson
 from alerting.engine import AlertEngine
 from alerting.errors import RuleError
 from alerting.rules import load_rules
-from streams.app import persist
+from streams.app import before_commit, persist_pending, stash
 from streams.frames import kafka_partition, split_frame
 from streams.settings import Settings
 
@@ -195,6 +195,7 @@ def attach_alerting(  # noqa: C901 - one place that wires it all
         help="Alert engine state: one document per (rule, sensor or zone).",
     )
     restored: set[int] = set()
+    pending_state: dict[str, tuple[int, dict[str, Any] | None]] = {}  # key -> (partition, doc) to write
 
     async def send_command(action: str, alert_id: str, by: str) -> None:
         doc = {"action": action, "alert_id": alert_id, "by": by, "token_ok": True}
@@ -223,6 +224,25 @@ def attach_alerting(  # noqa: C901 - one place that wires it all
             if n:
                 logger.info("restored alert state partition=%d tracks=%d", partition, n)
 
+    def stash_state() -> None:
+        """Take the engine's table changes into the table; they go to the changelog at the commit.
+
+        Written per batch, they held the engine for seconds after a window close of 10,000
+        sensors (a changelog record per track it touched, behind the close's aggregates in the
+        producer), and the next batch's alerts waited for them: the offset commit that must not
+        get ahead of them is what needs them (:func:`flush_state`, as ``streams.agents`` does
+        with the window state). A crash before the commit replays the batch onto the state
+        before it, and the records it publishes again are the same (stable ids and sequences).
+        """
+        stash(table, pending_state, engine.take_state())
+
+    async def flush_state() -> None:
+        """Write the engine's pending table changes (before each offset commit, and on revocation)."""
+        stash_state()
+        await persist_pending(table, pending_state)
+
+    before_commit(app, flush_state)  # see streams.app
+
     async def publish(records: list[dict[str, Any]]) -> None:
         for rec in records:
             logger.info(
@@ -237,13 +257,7 @@ def attach_alerting(  # noqa: C901 - one place that wires it all
         handle.stats["alert_records"] += len(records)
         if counters is not None:
             counters.alerts += len(records)
-        data = table.data
-        for partition, key, doc in engine.take_state():
-            if doc is None:
-                data.pop(key, None)
-            else:
-                data[key] = doc
-            await persist(table, partition, key, doc)
+        stash_state()
         for rec in records:
             if handle.board is not None:
                 try:
@@ -338,6 +352,9 @@ def attach_alerting(  # noqa: C901 - one place that wires it all
 
     @app.on_partitions_revoked.connect
     async def _revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        # before the new owners restore from the changelog (the rebalance waits for this)
+        await flush_state()
+        await app.producer.flush()
         engine.forget()
         restored.clear()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import ssl
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import faust
@@ -91,6 +91,43 @@ async def persist(table: Any, partition: int, key: Any, value: Any, **serializer
     )
 
 
+def stash(table: Any, pending: dict[Any, tuple[int, Any]], docs: Iterable[tuple[int, Any, Any]]) -> None:
+    """Put ``(partition, key, document)`` into ``table.data`` now and into ``pending`` for the commit.
+
+    A ``None`` document deletes the key. :func:`persist_pending` writes what is pending.
+    """
+    data = table.data
+    for partition, key, doc in docs:
+        if doc is None:
+            data.pop(key, None)
+        else:
+            data[key] = doc
+        pending[key] = (partition, doc)
+
+
+async def persist_pending(table: Any, pending: dict[Any, tuple[int, Any]]) -> None:
+    """Write ``pending`` (key -> (partition, document)) to ``table``'s changelog, and empty it.
+
+    Each key's current document in ``table.data`` is written, not the one queued: each write
+    yields, and meanwhile a newer one may have been written (a window closed). Writing the stale
+    one after it would leave the changelog behind the committed offsets. A newer document than
+    the offsets being committed is safe: replayed input is recognised by offset (windows) or
+    applied again to the same state (alerts). A key missing from ``table.data`` writes its queued
+    document (``None`` deletes). On failure what was not written stays pending, and the error
+    goes on (the offset commit fails with it).
+    """
+    items = list(pending.items())
+    pending.clear()
+    data = table.data
+    for i, (key, (partition, value)) in enumerate(items):
+        try:
+            await persist(table, partition, key, data.get(key, value))
+        except BaseException:
+            for k2, v2 in items[i:]:
+                pending.setdefault(k2, v2)
+            raise
+
+
 def flush_before_commit() -> None:
     """Make Faust await ``app.urbansense_before_commit()`` before it commits offsets.
 
@@ -114,6 +151,25 @@ def flush_before_commit() -> None:
 
     _commit_offsets.urbansense_hooked = True  # type: ignore[attr-defined]
     Consumer._commit_offsets = _commit_offsets  # type: ignore[method-assign]  # noqa: SLF001
+
+
+def before_commit(app: faust.App, hook: Callable[[], Awaitable[None]]) -> None:
+    """Have ``hook`` awaited before each offset commit (after the hooks added before it).
+
+    The stages that keep their table writes for the commit (the window state, the alert engine's
+    state) each add one; :func:`flush_before_commit` awaits ``app.urbansense_before_commit``.
+    """
+    hooks: list[Callable[[], Awaitable[None]]] | None = getattr(app, "urbansense_before_commit_hooks", None)
+    if hooks is None:
+        hooks = []
+
+        async def run_hooks() -> None:
+            for h in hooks:
+                await h()
+
+        app.urbansense_before_commit_hooks = hooks  # type: ignore[attr-defined]
+        app.urbansense_before_commit = run_hooks  # type: ignore[attr-defined]
+    hooks.append(hook)
 
 
 def track_produced_topics() -> None:
