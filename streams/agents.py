@@ -39,6 +39,8 @@ from streams.zones import ZoneRollup
 logger = logging.getLogger(__name__)
 
 READINGS_BATCH = 2000
+#: Longest a readings batch waits to fill (s); see the windows agent.
+READINGS_WITHIN_S = 0.05
 
 
 def reading_chunks(records: list[Record], max_readings: int) -> list[list[Record]]:
@@ -275,7 +277,9 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
 
     @app.agent(readings, name="urbansense.windows")
     async def windows(stream: faust.StreamT) -> AsyncIterator[None]:
-        async for events in stream.take_events(READINGS_BATCH, within=0.2):
+        # within: how long a batch waits to fill. The reading that moves the watermark past a window
+        # waits that long too before the window closes (0.2 s here added 0.14-0.29 s to every alert).
+        async for events in stream.take_events(READINGS_BATCH, within=READINGS_WITHIN_S):
             records = [Record(e.message.partition, e.message.offset, e.value, e.key, e.message.topic) for e in events]
             for r in records:
                 readings_level.read(r.partition, r.offset)
