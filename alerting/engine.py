@@ -316,6 +316,11 @@ class AlertEngine:
             self.event_wall_ms = now_ms
 
     # -- state ----------------------------------------------------------------------------------
+    @property
+    def state_pending(self) -> bool:
+        """Whether :meth:`take_state` has table writes to give."""
+        return bool(self._dirty or self._deleted)
+
     def take_state(self) -> list[tuple[int, str, dict[str, Any] | None]]:
         """Table writes since the last call: ``(partition, key, doc)``; ``doc`` None deletes."""
         out: list[tuple[int, str, dict[str, Any] | None]] = [

@@ -71,8 +71,8 @@ SINK_BATCH = 5000
 #: Table records written between two turns given to the other agents (see ``emit``).
 YIELD_EVERY = 2000
 #: Sensors of a window close whose state documents are built in one step (see ``emit``): about
-#: 0.1 s of CPU on our VMs, after which the other agents get a turn.
-CLOSED_STATE_STEP = 1000
+#: 0.025 s of CPU on our VMs, after which the other agents get a turn.
+CLOSED_STATE_STEP = 250
 #: Frames of at least this many bytes are decoded to points in a thread (see ``timeseries``).
 THREAD_MIN_BYTES = 256 * 1024
 
@@ -182,7 +182,7 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
     scorer = pipeline.scorer
     models_dir = models_path(settings)
     app.urbansense_pipeline = pipeline  # type: ignore[attr-defined]
-    attach_alerting(app, settings, counters=pipeline.counters, score_available=scorer is not None)
+    activity = attach_alerting(app, settings, counters=pipeline.counters, score_available=scorer is not None).activity
     register_api(app, settings)
     register_retention(app, settings)
     sink_stats = {"points_written": 0, "write_failures": 0, "buffer_full": 0}
@@ -202,6 +202,8 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
             ]
             key = rec.key if rec.index < 0 else info.reading.sensor_id.encode()  # a frame has no one key
             await late.send(key=key, value=rec.value, headers=headers, timestamp=_ts(info.reading.ts_ms))
+        if out.aggregates:
+            activity.touch()  # the alert path has this close's work coming (AlertPathActivity)
         if frame_size > 1 and out.aggregates:
             # frames of one partition's aggregates (its sensors', by murmur2): the time-series and
             # alert-routing agents pay their per-record cost once per frame (streams.frames). Each
@@ -247,14 +249,17 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
         # Each watermark, then the state of the sensors whose windows closed and the scorer's state
         # of those closures, go to the changelog now: a crash must not re-close (and re-emit) what
         # was emitted, nor keep a closed window without the baselines that scored it. The closures'
-        # documents are built here, after their aggregates went out, CLOSED_STATE_STEP sensors at
-        # a time with a turn for the other agents (the alert path) before each step. The other
-        # sensors' state waits for the next offset commit (flush_state).
+        # documents are built here once the alert path has had its turn with their aggregates
+        # (AlertPathActivity.quiet: at most 2 s), CLOSED_STATE_STEP sensors at a time with a turn
+        # for the other agents before each step. The other sensors' state waits for the next
+        # offset commit (flush_state).
         data = table.data
         for partition, key, value in out.state:
             data[key] = value
             pending_state.pop(key, None)
             await persist(table, partition, key, value)
+        if pipeline.closures_pending:
+            await activity.quiet()
         while pipeline.closures_pending:
             await asyncio.sleep(0)
             for i, (partition, key, value) in enumerate(pipeline.closed_state(CLOSED_STATE_STEP), 1):
@@ -268,8 +273,18 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
         """Take the documents the pipeline left for the commit (Pipeline.take_state) into the table."""
         stash(table, pending_state, pipeline.take_state())
 
-    async def flush_state() -> None:
-        """Write the pending window state (before each offset commit, and on revocation)."""
+    async def flush_state(defer: bool = True) -> None:
+        """Write the pending window state (before each offset commit, and on revocation).
+
+        Closures not written yet are built a step at a time, after the alert path's turn (the
+        commit waits for it, ``defer``) as ``emit`` does: all at once they held the loop for up
+        to 0.4 s in the middle of a close's alerts.
+        """
+        if defer and pipeline.closures_pending:
+            await activity.quiet()
+        while pipeline.closures_pending:
+            stash(table, pending_state, pipeline.closed_state(CLOSED_STATE_STEP))
+            await asyncio.sleep(0)
         stash_state()
         await persist_pending(table, pending_state)
 
@@ -280,6 +295,7 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
         # within: how long a batch waits to fill. The reading that moves the watermark past a window
         # waits that long too before the window closes (0.2 s here added 0.14-0.29 s to every alert).
         async for events in stream.take_events(READINGS_BATCH, within=READINGS_WITHIN_S):
+            activity.backlog = len(events) >= READINGS_BATCH  # a full batch: catching up, nothing waits
             records = [Record(e.message.partition, e.message.offset, e.value, e.key, e.message.topic) for e in events]
             for r in records:
                 readings_level.read(r.partition, r.offset)
@@ -399,6 +415,7 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
                 if sum(len(v) for _, v in values) < THREAD_MIN_BYTES:
                     points = points_of(values)
                 else:  # a window close's frames: decoding them would hold up the loop (and the alert path)
+                    await activity.quiet()  # and in a thread they still take the GIL from it half the time
                     points = await asyncio.to_thread(points_of, values)
                 delay = 1.0
                 alerted = False
@@ -466,7 +483,7 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
     @app.on_partitions_revoked.connect
     async def _revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
         # before the new owners restore from the changelog (the rebalance waits for this)
-        await flush_state()
+        await flush_state(defer=False)
         await app.producer.flush()
         readings_level.forget()
         pipeline.forget()

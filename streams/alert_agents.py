@@ -16,7 +16,9 @@ only an alert id, so they are broadcast to every partition; only the owner appli
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import os
 import time
 from collections import defaultdict
@@ -60,6 +62,47 @@ def control_topic_for(alerts_topic: str) -> str:
     return alerts_topic + ".control"
 
 
+class AlertPathActivity:
+    """When this worker's alert path last had work, so that work that can wait lets it go first.
+
+    A window close of 10,000 sensors sends 35,000 aggregates through routing and the engine, and
+    with them comes work no alert waits for: the closures' state documents and the time-series
+    points. On one event loop (and one GIL) they took turns with the alert path, and its last
+    alerts came seconds after the first. The windows stage, the routing and the engine
+    :meth:`touch` this when they handle aggregates; the deferrable work awaits :meth:`quiet`
+    first: until the alert path has had nothing to do for ``quiet_s``, at most ``max_wait_s``.
+    While the input has a backlog (a replay or a catch-up, set by the windows stage) nothing
+    waits: there throughput is what counts, and the alert path is never quiet.
+    """
+
+    def __init__(self, quiet_s: float = 0.15, max_wait_s: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.quiet_s = quiet_s
+        self.max_wait_s = max_wait_s
+        self.clock = clock
+        self.last = -math.inf
+        self.backlog = False
+        self.waited_s = 0.0  # total, for the stats page
+
+    def touch(self) -> None:
+        """The alert path has work now."""
+        self.last = self.clock()
+
+    def wait_s(self, started: float) -> float:
+        """How much longer a wait that started at ``started`` should go on (0: not at all)."""
+        if self.backlog:
+            return 0.0
+        now = self.clock()
+        return max(0.0, min(self.quiet_s - (now - self.last), self.max_wait_s - (now - started)))
+
+    async def quiet(self) -> None:
+        """Wait until the alert path has been idle for ``quiet_s`` (at most ``max_wait_s``)."""
+        started = self.clock()
+        while (delay := self.wait_s(started)) > 0:
+            await asyncio.sleep(delay)
+        self.waited_s += self.clock() - started
+
+
 class Alerting:
     """Handle returned by :func:`attach_alerting` (engine, counters, sinks, board, rule reloads)."""
 
@@ -73,6 +116,7 @@ class Alerting:
                                       "rule_reload_errors": 0, "commands_in": 0, "commands_rejected": 0}
         self._mtime: float | None = _mtime(rules_file)
         self.publish: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None
+        self.activity = AlertPathActivity()
 
     def check_reload(self, now_ms: int) -> list[dict[str, Any]]:
         """Reload the rules file if its mtime changed; a bad file is logged and the old rules stay."""
@@ -236,8 +280,13 @@ def attach_alerting(  # noqa: C901 - one place that wires it all
         """
         stash(table, pending_state, engine.take_state())
 
-    async def flush_state() -> None:
-        """Write the engine's pending table changes (before each offset commit, and on revocation)."""
+    async def flush_state(defer: bool = True) -> None:
+        """Write the engine's pending table changes (before each offset commit, and on revocation).
+
+        A commit (``defer``) waits for the alert path's quiet moment (:class:`AlertPathActivity`).
+        """
+        if defer and (pending_state or engine.state_pending):
+            await handle.activity.quiet()
         stash_state()
         await persist_pending(table, pending_state)
 
@@ -300,6 +349,8 @@ def attach_alerting(  # noqa: C901 - one place that wires it all
                         agg["src"] = src
                         # the partition the zone's key picks: a zone and its state stay where they were
                         by_part[kafka_partition(agg["zone"].encode(), k.partitions)].append(agg)
+            if by_part:
+                handle.activity.touch()
             for p, aggs in sorted(by_part.items()):
                 await routed.send(key=aggs[0]["zone"].encode(), value=orjson.dumps({"t": "aggs", "aggs": aggs}),
                                   partition=p)
@@ -341,6 +392,7 @@ def attach_alerting(  # noqa: C901 - one place that wires it all
     async def alerting(stream: faust.StreamT) -> AsyncIterator[None]:
         """Run the engine on each routed batch; publish its records and table changes."""
         async for events in stream.take_events(200, within=0.05):
+            handle.activity.touch()
             now = wall_ms()
             out: list[dict[str, Any]] = []
             for e in events:
@@ -353,7 +405,7 @@ def attach_alerting(  # noqa: C901 - one place that wires it all
     @app.on_partitions_revoked.connect
     async def _revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
         # before the new owners restore from the changelog (the rebalance waits for this)
-        await flush_state()
+        await flush_state(defer=False)
         await app.producer.flush()
         engine.forget()
         restored.clear()
@@ -379,6 +431,7 @@ def attach_alerting(  # noqa: C901 - one place that wires it all
     async def alerting_stats(web_: Any, request: Any) -> Any:
         c = engine.counters
         return web_.json({**handle.stats, **{f: getattr(c, f) for f in c.__dataclass_fields__},
+                          "deferred_for_alerts_s": round(handle.activity.waited_s, 3),
                           "active": len(engine.active_alerts()), "tracks": len(engine.tracks)})
 
     async def _close_sinks() -> None:
@@ -399,4 +452,4 @@ def attach_alerting(  # noqa: C901 - one place that wires it all
     return handle
 
 
-__all__ = ["Alerting", "attach_alerting", "board_origins", "control_topic_for", "default_sinks"]
+__all__ = ["AlertPathActivity", "Alerting", "attach_alerting", "board_origins", "control_topic_for", "default_sinks"]
