@@ -129,13 +129,13 @@ async def persist_pending(table: Any, pending: dict[Any, tuple[int, Any]]) -> No
 
 
 def flush_before_commit() -> None:
-    """Make Faust await ``app.urbansense_before_commit()`` before it commits offsets.
+    """Make Faust await the hooks of :func:`before_commit` before it commits offsets.
 
     Faust's consumer picks the offsets to commit (those of acknowledged events), then flushes the
     producer and commits. The hook runs between the two: everything an acknowledged event changed
     is in the worker's pending state by then, and the hook writes it to the changelog, so a
     committed offset is never ahead of the state on the changelog. Installed once per process
-    (a class-level wrap, as :func:`verify_end_offsets`); apps without the attribute are unaffected.
+    (a class-level wrap, as :func:`verify_end_offsets`); apps without hooks are unaffected.
     """
     from faust.transport.consumer import Consumer
 
@@ -144,8 +144,7 @@ def flush_before_commit() -> None:
         return
 
     async def _commit_offsets(self: Any, offsets: Any, start_new_transaction: bool = True) -> bool:
-        hook = getattr(self.app, "urbansense_before_commit", None)
-        if hook is not None:
+        for hook in getattr(self.app, "urbansense_before_commit", ()):
             await hook()
         return await original(self, offsets, start_new_transaction=start_new_transaction)
 
@@ -154,21 +153,12 @@ def flush_before_commit() -> None:
 
 
 def before_commit(app: faust.App, hook: Callable[[], Awaitable[None]]) -> None:
-    """Have ``hook`` awaited before each offset commit (after the hooks added before it).
+    """Have ``hook`` awaited before each offset commit, after the hooks added before it.
 
     The stages that keep their table writes for the commit (the window state, the alert engine's
-    state) each add one; :func:`flush_before_commit` awaits ``app.urbansense_before_commit``.
+    state) each add one (:func:`flush_before_commit` runs them).
     """
-    hooks: list[Callable[[], Awaitable[None]]] | None = getattr(app, "urbansense_before_commit_hooks", None)
-    if hooks is None:
-        hooks = []
-
-        async def run_hooks() -> None:
-            for h in hooks:
-                await h()
-
-        app.urbansense_before_commit_hooks = hooks  # type: ignore[attr-defined]
-        app.urbansense_before_commit = run_hooks  # type: ignore[attr-defined]
+    hooks = app.__dict__.setdefault("urbansense_before_commit", [])
     hooks.append(hook)
 
 

@@ -98,7 +98,7 @@ def test_commit_waits_for_the_before_commit_hook() -> None:
     Consumer._commit_offsets = fake_commit  # type: ignore[method-assign]
     try:
         flush_before_commit()
-        with_hook = SimpleNamespace(app=SimpleNamespace(urbansense_before_commit=hook))
+        with_hook = SimpleNamespace(app=SimpleNamespace(urbansense_before_commit=[hook]))
         without = SimpleNamespace(app=SimpleNamespace())
         assert asyncio.run(Consumer._commit_offsets(with_hook, {"tp": 7}))  # type: ignore[arg-type]
         assert asyncio.run(Consumer._commit_offsets(without, {"tp": 8}))  # type: ignore[arg-type]
