@@ -52,18 +52,55 @@ def test_sensor_documents_wait_for_a_close_or_the_commit() -> None:
     p.process([Record(0, 4, payload("s1", base + 30_000, 3.0)), Record(0, 5, payload("s0", base + 55_000, 3.0))], NOW)
     closing = p.process([Record(0, 6, payload("s3", base + 62_000, 3.0))], NOW)  # closes the first window
     assert sorted(a["sensor_id"] for a in closing.aggregates) == ["s0", "s1", "s2"]
-    assert [k for _, k, _ in closing.state] == [WATERMARK_KEY.format(partition=0)]
+    assert closing.state == []  # its watermark waits for the closed sensors' documents
     assert p.closures_pending
     steps = [p.closed_state(2), p.closed_state(2), p.closed_state(2)]
-    assert [[k for _, k, _ in step] for step in steps] == [["s0", "s1"], ["s2"], []]  # in steps; s3 is not due
+    wm = WATERMARK_KEY.format(partition=0)
+    assert [[k for _, k, _ in step] for step in steps] == [["s0", "s1"], ["s2", wm], []]  # in steps; s3 is not due
     assert not p.closures_pending
     last = p.take_state()
     assert [k for _, k, _ in last] == ["s3"]
-    table = {k: v for _, k, v in [*taken, *closing.state, *steps[0], *steps[1], *last]}
+    table = {k: v for _, k, v in [*taken, *first.state, *steps[0], *steps[1], *last]}
     restored = Pipeline(spec, ()).partition(0, table.items())
     pw = p.partitions[0]
     assert restored.open_windows == pw.open_windows == 1  # s3's
     assert {s: m.offset for s, m in restored.sensors.items()} == {s: m.offset for s, m in pw.sensors.items()}
+
+
+def test_a_worker_killed_before_its_closures_state_leaves_no_watermark_ahead_of_it() -> None:
+    """A close's watermark reaches the changelog after the closed sensors' documents, not before.
+
+    The worker sends those documents after the alert path's turn; killed in between, it left its
+    successor a watermark newer than the sensors' state, and the readings delivered again from
+    the committed offset were taken for late ones (counted by the dead worker, then refused).
+    """
+    spec = WindowSpec(60_000, 0, 0, 5_000)
+    base = NOW - 600_000 - (NOW - 600_000) % 60_000
+    recs = [Record(0, i, payload(f"s{i % 3}", base + (i // 3) * 5_000, float(i))) for i in range(60)]
+    a = Pipeline(spec, ())
+    first = a.process(recs[:15], NOW)
+    table = {k: v for _, k, v in [*first.state, *a.take_state()]}  # the offset commit after record 14
+    emitted = []
+    for lo in range(15, 60, 5):  # the first window closes at record 36; no closure's documents are built
+        out = a.process(recs[lo : lo + 5], NOW)
+        emitted += out.aggregates
+        table.update((k, v) for _, k, v in out.state)  # what went to the changelog with each batch
+    assert sorted(x["sensor_id"] for x in emitted) == ["s0", "s1", "s2"]
+    assert a.closures_pending
+    b = Pipeline(spec, ())  # the successor: the table as the killed worker left it, input from the commit
+    again = b.process(recs[15:], NOW, table.items())
+    assert (b.counters.late, b.counters.duplicates, b.counters.readings_counted) == (0, 0, 45)
+    assert {(x["sensor_id"], x["start_ms"], x["count"]) for x in again.aggregates} == {
+        (x["sensor_id"], x["start_ms"], x["count"]) for x in emitted
+    }  # closed again, the same windows (at least once)
+    # once the closures' documents are written, the watermark follows them
+    docs = a.closed_state()
+    assert docs[-1][1] == WATERMARK_KEY.format(partition=0) and not a.closures_pending
+    table.update((k, v) for _, k, v in docs)
+    c = Pipeline(spec, ())
+    c.process(recs[15:], NOW, table.items())
+    assert (c.counters.late, c.counters.duplicates, c.counters.readings_counted) == (0, 45, 0)  # built now: all
+    assert c.partitions[0].open_windows == a.partitions[0].open_windows == 3
 
 
 def test_state_restores_from_table_rows_and_deduplicates() -> None:
