@@ -353,14 +353,24 @@ def deliver_without_gaps() -> None:  # noqa: C901 - one wrapper, kept next to wh
         await original_perform_seek(self)
         expected = next_offsets(self)
         assigned = self.assignment()
+        acking = self.app.topics.acks_enabled_for
         for tp in list(expected):
             if tp not in assigned:
                 del expected[tp]
+        for tp in sorted(assigned):
+            if not acking(tp.topic):
                 continue
             committed = self._committed_offset.get(tp)  # noqa: SLF001
-            if committed is not None:  # Faust sought there: read on from it
+            if committed is not None:
+                # Faust sought there (aiokafka's seek_to_committed, not Consumer.seek): read on from
+                # it. A newly assigned partition too: without an expected offset, whatever came
+                # first was taken as the start, and records between it and the committed offset
+                # were never read.
+                if expected.get(tp) != committed:
+                    logger.info("consumer reads on topic=%s partition=%d offset=%d (committed)",
+                                tp.topic, tp.partition, committed)
                 expected[tp] = committed
-            else:
+            elif tp in expected:
                 # No committed offset, so Faust did not seek. Records handed to the agents'
                 # queues but not taken were dropped with them (a recovery clears the queues):
                 # go back to the first record no agent has acknowledged.

@@ -186,14 +186,20 @@ class Pipeline:
                 else:
                     pw.restore(key, value)
             if pw.sensors:
+                offsets = [m.offset for m in pw.sensors.values()]
                 logger.info(
-                    "restored window state partition=%d sensors=%d open_windows=%d watermark_ms=%d scorer_docs=%d",
+                    "restored window state partition=%d sensors=%d open_windows=%d watermark_ms=%d scorer_docs=%d "
+                    "offsets=%d..%d",
                     partition,
                     len(pw.sensors),
                     pw.open_windows,
                     pw.watermark_ms,
                     n_scorer,
+                    min(offsets),
+                    max(offsets),
                 )
+                logger.debug("restored sensor offsets partition=%d offsets=%s", partition,
+                             {sid: m.offset for sid, m in pw.sensors.items()})
         return pw
 
     def _restore_scorer(self, key: str, doc: dict[str, Any]) -> None:
