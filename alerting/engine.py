@@ -71,6 +71,11 @@ logger = logging.getLogger(__name__)
 
 RATE_LIMIT_RULE: Final = "rate_limit"
 ACTIVE_STATES: Final = frozenset({"raised", "updated", "escalated", "acknowledged"})
+#: Table key prefix of a partition's newest reading per silence track (``{"p", "seen": {key: ms}}``).
+#: A track's own document is written when it changes state, not at every window (a record per
+#: sensor and window, 10,000 per close); this one document per partition and commit carries what
+#: a restored track needs to be judged on the source's clock without looking silent.
+SEEN_PREFIX: Final = "~seen|"
 _EPS: Final = 1e-12
 #: drift rules: windows gathered per zone beyond this many (a day of 1-min windows: a source of the
 #: zone that far behind the others) are judged with the peers that came. Only a bound on memory: a
@@ -239,6 +244,8 @@ class AlertEngine:
         self._rate: dict[str, deque[int]] = {}
         self._last_silence_check = -(2**62)
         self._silence_keys: set[str] = set()
+        #: partitions whose silence tracks saw a newer reading since the last take_state
+        self._seen_moved: set[int] = set()
         self._gather: dict[tuple[str, str], _Gather] = {}
         self._gathered: set[tuple[str, str]] = set()  # gathers that got windows in this batch
         self._install(rules)
@@ -327,6 +334,11 @@ class AlertEngine:
             (self.tracks[k].p, k, self.tracks[k].to_doc()) for k in sorted(self._dirty) if k in self.tracks
         ]
         out += [(p, k, None) for k, p in sorted(self._deleted.items())]
+        for p in sorted(self._seen_moved):
+            seen = {k: t.last_seen_ms for k in sorted(self._silence_keys)
+                    if (t := self.tracks.get(k)) is not None and t.p == p and t.last_seen_ms >= 0}
+            out.append((p, f"{SEEN_PREFIX}{p}", {"p": p, "seen": seen}))
+        self._seen_moved.clear()
         self._dirty.clear()
         self._deleted.clear()
         return out
@@ -337,10 +349,14 @@ class AlertEngine:
         The event clock resumes at the newest window the restored tracks saw.
         """
         n = 0
+        items = [(key, doc) for key, doc in items if isinstance(doc, dict) and doc.get("p") == partition]
+        seen_doc = next((doc for key, doc in items if key == f"{SEEN_PREFIX}{partition}"), None)
+        seen: dict[str, int] = seen_doc["seen"] if seen_doc is not None else {}
         for key, doc in items:
-            if not isinstance(doc, dict) or doc.get("p") != partition or key in self.tracks:
+            if key in self.tracks or key.startswith(SEEN_PREFIX):
                 continue
             t = Track.from_doc(doc, self.cfg.series_points)
+            t.last_seen_ms = max(t.last_seen_ms, int(seen.get(key, -1)))
             self.tracks[key] = t
             if t.alert is not None:
                 self.by_alert[t.alert["alert_id"]] = key
@@ -371,6 +387,13 @@ class AlertEngine:
             if t.alert is not None:
                 self.by_alert.pop(t.alert["alert_id"], None)
         self._gather = {k: g for k, g in self._gather.items() if keep is not None and g.p not in keep}
+        self._seen_moved = {p for p in self._seen_moved if keep is not None and p not in keep}
+        # The clocks of those partitions' sources: :meth:`restore` and the input replayed from the
+        # committed offsets set them again. Kept, they stood where this worker had read to, ahead
+        # of the restored tracks, whose sensors then looked silent until their next window.
+        for clocks in (self.src_ms, self.src_wall, self.zone_src):
+            for k in [k for k in clocks if keep is None or k[0] in keep]:
+                del clocks[k]
 
     def active_alerts(self) -> list[dict[str, Any]]:
         """The latest record of every published alert that is not cleared (for a board snapshot)."""
@@ -896,6 +919,7 @@ class AlertEngine:
             # (the same alert id the clock would have given), then clear it below.
             self._raise_silent(t, rule, first)
         t.last_seen_ms = last
+        self._seen_moved.add(t.p)  # its partition's SEEN_PREFIX document, at the next take_state
         if t.active:
             t.active, t.cleared_ms = False, last
             if t.alert is not None and t.alert["state"] != "cleared":

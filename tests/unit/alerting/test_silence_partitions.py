@@ -96,3 +96,60 @@ def test_one_message_per_engine_partition_keeps_a_fast_replay_from_looking_silen
     together = AlertEngine(load_rules(text=SILENT))
     together.process(first, T0 + 3 * W, partition=0)
     assert together.process(later_a + later_b, T0 + 3 * W, partition=0) == []
+
+
+def _commit(eng: AlertEngine, table: dict[str, dict]) -> None:
+    """What the worker writes to the changelog at an offset commit (the engine's table changes)."""
+    for _p, key, doc in eng.take_state():
+        if doc is None:
+            table.pop(key, None)
+        else:
+            table[key] = doc
+
+
+def test_a_rebalance_restores_silence_tracks_without_false_alarms() -> None:
+    """Found in the two-worker rebalance test: after the revocation the survivor restored its
+    sensors' silence tracks from the changelog, where a track was written only when it was created
+    or changed state (so ``last_seen`` stood at the sensor's first window), while the clock of their
+    source, kept in memory across ``forget``, stood at the newest window: 25 ``sensor_silent``
+    alerts raised at once, each cleared by the sensor's next window."""
+    eng = AlertEngine(load_rules(text=SILENT))
+    sensors = [f"env-futian-{i:04d}" for i in range(1, 4)]
+    table: dict[str, dict] = {}
+    host = 1_000_000
+    for i in range(20):
+        host += 1000
+        eng.process([make_agg(s, i, 20, src=0) for s in sensors], host, partition=0)
+        eng.progress({0: T0 + (i + 1) * W}, host, partition=0)
+        _commit(eng, table)
+    eng.forget()  # revoked, then assigned again: the state comes back from the changelog
+    assert eng.src_ms == {} and eng.src_wall == {} and eng.zone_src == {}  # the sources' clocks too
+    assert eng.restore(table.items(), 0, host) == len(sensors)
+    assert eng.tick(host) == [] and eng.tick(host + 30_000) == []
+    # the next window (the input from the committed offset on) clears nothing and raises nothing
+    assert eng.process([make_agg(s, 20, 20, src=0) for s in sensors], host + 30_000, partition=0) == []
+
+    # another worker taking the partition over restores the same state: no alarm either
+    other = AlertEngine(load_rules(text=SILENT))
+    assert other.restore(table.items(), 0, host) == len(sensors)
+    assert other.tick(host) == [] and other.tick(host + 30_000) == []
+
+
+def test_a_sensor_silent_before_a_rebalance_is_still_raised_after_it() -> None:
+    eng = AlertEngine(load_rules(text=SILENT))
+    quiet, busy = "env-futian-0001", "env-futian-0003"
+    table: dict[str, dict] = {}
+    host = 1_000_000
+    for i in range(12):
+        host += 1000
+        eng.process([make_agg(busy, i, 20, src=0)] + ([make_agg(quiet, i, 20, src=0)] if i < 10 else []),
+                    host, partition=0)
+        _commit(eng, table)
+    eng.forget()
+    eng.restore(table.items(), 0, host)
+    out = []
+    for i in range(12, 18):  # 8 windows without the quiet sensor by the end: silent for more than 5 min
+        host += 1000
+        out += eng.process([make_agg(busy, i, 20, src=0)], host, partition=0)
+    assert [(r["rule"], r["sensor_id"], r["state"]) for r in out] == [("silent", quiet, "raised")]
+    assert out[0]["evidence"]["last_reading_ts_ms"] == T0 + 9 * W + 51_000  # not the last record written
