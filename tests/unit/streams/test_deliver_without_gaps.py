@@ -110,3 +110,41 @@ def test_records_from_the_committed_offset_on_are_handed_over_in_turn() -> None:
         return await delivered(c), await delivered(c), c.sought
 
     assert asyncio.run(go()) == ([10, 11], [12], [])
+
+
+def test_the_end_of_a_recovery_keeps_the_queued_records_of_assigned_partitions() -> None:
+    """Faust resumes the flow after seeking to the committed offsets, and mode's resume empties
+    every agent queue. A delivery under way when the seek returned had set the read offset past
+    what was queued, so the records read again below it were dropped as read, and the queued
+    copies went with the clear: a rebalance survivor lost 40 records of a moved partition."""
+    from mode.utils.queues import FlowControlEvent, FlowControlQueue
+
+    from streams.app import keep_assigned_events_on_resume
+
+    moved, revoked, changelog = TP("readings", 0), TP("readings", 1), TP("app-windows-changelog", 0)
+
+    def event(tp: Any, offset: int) -> Any:
+        return SimpleNamespace(message=SimpleNamespace(tp=tp, offset=offset))
+
+    async def go() -> tuple[list[Any], list[Any], bool]:
+        fc = FlowControlEvent()
+        app = SimpleNamespace(
+            flow_control=fc,
+            topics=SimpleNamespace(acks_enabled_for=lambda topic: not topic.endswith("-changelog")),
+            consumer=SimpleNamespace(assignment=lambda: {moved, changelog}),
+        )
+        keep_assigned_events_on_resume(app)
+        agent, tables = FlowControlQueue(flow_control=fc, clear_on_resume=True), \
+            FlowControlQueue(flow_control=fc, clear_on_resume=True)
+        fc.suspend()
+        for item in [event(moved, 1200), event(revoked, 7), event(moved, 1201), event(moved, 1202)]:
+            agent.put_nowait(item)
+        tables.put_nowait(event(changelog, 3))
+        fc.resume()
+        return ([(e.message.tp.partition, e.message.offset) for e in agent._queue],
+                list(tables._queue), fc.is_active())
+
+    kept, tables, active = asyncio.run(go())
+    assert kept == [(0, 1200), (0, 1201), (0, 1202)]  # in order; the revoked partition's record dropped
+    assert tables == []  # not an agent's source (acks off): cleared as Faust does
+    assert active
