@@ -244,7 +244,9 @@ class AlertEngine:
         self._rate: dict[str, deque[int]] = {}
         self._last_silence_check = -(2**62)
         self._silence_keys: set[str] = set()
-        #: partitions whose silence tracks saw a newer reading since the last take_state
+        #: partition -> silence track key -> newest reading (the SEEN_PREFIX documents), and the
+        #: partitions whose map changed since the last :meth:`take_seen`
+        self._seen_ms: dict[int, dict[str, int]] = {}
         self._seen_moved: set[int] = set()
         self._gather: dict[tuple[str, str], _Gather] = {}
         self._gathered: set[tuple[str, str]] = set()  # gathers that got windows in this batch
@@ -308,6 +310,8 @@ class AlertEngine:
                 self.by_alert.pop(t.alert["alert_id"], None)
             self._dirty.discard(key)
             self._deleted[key] = t.p
+            if self._seen_ms.get(t.p, {}).pop(key, None) is not None:
+                self._seen_moved.add(t.p)
         return self._flush()
 
     # -- time -----------------------------------------------------------------------------------
@@ -334,13 +338,17 @@ class AlertEngine:
             (self.tracks[k].p, k, self.tracks[k].to_doc()) for k in sorted(self._dirty) if k in self.tracks
         ]
         out += [(p, k, None) for k, p in sorted(self._deleted.items())]
-        for p in sorted(self._seen_moved):
-            seen = {k: t.last_seen_ms for k in sorted(self._silence_keys)
-                    if (t := self.tracks.get(k)) is not None and t.p == p and t.last_seen_ms >= 0}
-            out.append((p, f"{SEEN_PREFIX}{p}", {"p": p, "seen": seen}))
-        self._seen_moved.clear()
         self._dirty.clear()
         self._deleted.clear()
+        return out
+
+    def take_seen(self) -> list[tuple[int, str, dict[str, Any]]]:
+        """The :data:`SEEN_PREFIX` document of each partition whose silence tracks read on since
+        the last call: for the offset commit (:meth:`take_state` is per batch; this is a copy of
+        every silence track of the partition, so once per commit)."""
+        out = [(p, f"{SEEN_PREFIX}{p}", {"p": p, "seen": dict(self._seen_ms.get(p, {}))})
+               for p in sorted(self._seen_moved)]
+        self._seen_moved.clear()
         return out
 
     def restore(self, items: Iterable[tuple[str, Any]], partition: int, now_ms: int) -> int:
@@ -357,6 +365,8 @@ class AlertEngine:
                 continue
             t = Track.from_doc(doc, self.cfg.series_points)
             t.last_seen_ms = max(t.last_seen_ms, int(seen.get(key, -1)))
+            if t.rule in self._silence_rules and t.last_seen_ms >= 0:
+                self._seen_ms.setdefault(partition, {})[key] = t.last_seen_ms
             self.tracks[key] = t
             if t.alert is not None:
                 self.by_alert[t.alert["alert_id"]] = key
@@ -388,6 +398,7 @@ class AlertEngine:
                 self.by_alert.pop(t.alert["alert_id"], None)
         self._gather = {k: g for k, g in self._gather.items() if keep is not None and g.p not in keep}
         self._seen_moved = {p for p in self._seen_moved if keep is not None and p not in keep}
+        self._seen_ms = {p: m for p, m in self._seen_ms.items() if keep is not None and p not in keep}
         # The clocks of those partitions' sources: :meth:`restore` and the input replayed from the
         # committed offsets set them again. Kept, they stood where this worker had read to, ahead
         # of the restored tracks, whose sensors then looked silent until their next window.
@@ -919,7 +930,8 @@ class AlertEngine:
             # (the same alert id the clock would have given), then clear it below.
             self._raise_silent(t, rule, first)
         t.last_seen_ms = last
-        self._seen_moved.add(t.p)  # its partition's SEEN_PREFIX document, at the next take_state
+        self._seen_ms.setdefault(t.p, {})[t.key] = last  # its partition's SEEN_PREFIX document (take_seen)
+        self._seen_moved.add(t.p)
         if t.active:
             t.active, t.cleared_ms = False, last
             if t.alert is not None and t.alert["state"] != "cleared":

@@ -288,6 +288,7 @@ def attach_alerting(  # noqa: C901 - one place that wires it all
         if defer and (pending_state or engine.state_pending):
             await handle.activity.quiet()
         stash_state()
+        stash(table, pending_state, engine.take_seen())  # once per commit, not per batch
         await persist_pending(table, pending_state)
 
     before_commit(app, flush_state)  # see streams.app

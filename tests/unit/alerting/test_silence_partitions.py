@@ -100,7 +100,7 @@ def test_one_message_per_engine_partition_keeps_a_fast_replay_from_looking_silen
 
 def _commit(eng: AlertEngine, table: dict[str, dict]) -> None:
     """What the worker writes to the changelog at an offset commit (the engine's table changes)."""
-    for _p, key, doc in eng.take_state():
+    for _p, key, doc in [*eng.take_state(), *eng.take_seen()]:
         if doc is None:
             table.pop(key, None)
         else:
@@ -153,3 +153,20 @@ def test_a_sensor_silent_before_a_rebalance_is_still_raised_after_it() -> None:
         out += eng.process([make_agg(busy, i, 20, src=0)], host, partition=0)
     assert [(r["rule"], r["sensor_id"], r["state"]) for r in out] == [("silent", quiet, "raised")]
     assert out[0]["evidence"]["last_reading_ts_ms"] == T0 + 9 * W + 51_000  # not the last record written
+
+
+def test_the_newest_readings_go_to_the_table_once_per_commit_not_per_batch() -> None:
+    """``take_state`` runs after every routed batch; the ``~seen|p`` document (a copy of every
+    silence track of the partition) is built only by ``take_seen``, at the offset commit."""
+    from alerting.engine import SEEN_PREFIX
+
+    eng = AlertEngine(load_rules(text=SILENT))
+    eng.process([make_agg("env-futian-0001", 0, 20, src=0)], T0 + W, partition=0)
+    eng.process([make_agg("env-luohu-0002", 0, 20, src=0, zone="luohu")], T0 + W, partition=1)
+    assert not any(k.startswith(SEEN_PREFIX) for _, k, _ in eng.take_state())
+    docs = eng.take_seen()
+    assert [(p, k) for p, k, _ in docs] == [(0, f"{SEEN_PREFIX}0"), (1, f"{SEEN_PREFIX}1")]
+    assert docs[0][2] == {"p": 0, "seen": {"silent|env-futian-0001": T0 + 51_000}}
+    assert eng.take_seen() == []  # nothing read on since
+    eng.process([make_agg("env-futian-0001", 1, 20, src=0)], T0 + 2 * W, partition=0)
+    assert [k for _, k, _ in eng.take_seen()] == [f"{SEEN_PREFIX}0"]
