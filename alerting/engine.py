@@ -285,12 +285,21 @@ class AlertEngine:
 
     def wants(self, agg: dict[str, Any]) -> bool:
         """Whether any rule looks at ``agg`` (lets the host skip routing the rest)."""
+        other, silence = self.interest(agg)
+        return other or bool(silence)
+
+    def interest(self, agg: dict[str, Any]) -> tuple[bool, tuple[str, ...]]:
+        """Whether a rule other than a silence rule looks at ``agg``, and the silence rules that do.
+
+        A silence rule reads an aggregate's sensor, source, window end and first and last reading
+        times, nothing else, so of several aggregates that agree on those (the metrics of one
+        sensor's window: one reading carries them all) one does its work. The host routes the
+        others only when no aggregate wanted by another rule carries the same (``streams.alert_agents``).
+        """
         kind, metric = agg["kind"], agg["metric"]
-        for key in ((kind, metric), (None, metric), (kind, None), (None, None)):
-            for rule in self._by_metric.get(key, ()):
-                if rule.applies(agg):
-                    return True
-        return any(rule.applies(agg) for rule in self._silence)
+        other = any(rule.applies(agg) for key in ((kind, metric), (None, metric), (kind, None), (None, None))
+                    for rule in self._by_metric.get(key, ()))
+        return other, tuple(rule.name for rule in self._silence if rule.applies(agg))
 
     def set_rules(self, rules: RuleSet, now_ms: int) -> list[dict[str, Any]]:
         """Hot reload: switch to ``rules``; open alerts of removed rules are cleared.

@@ -435,6 +435,7 @@ def load_rules(
     Raises:
         RuleError: naming the file, the line, the rule and the field that is wrong.
     """
+    text_given = text
     if text is None:
         if path is None:
             text = resources.files("alerting").joinpath("default_rules.toml").read_text()
@@ -444,7 +445,7 @@ def load_rules(
             except OSError as exc:
                 msg = f"rules file {path}: cannot read: {exc.strerror}"
                 raise RuleError(msg) from exc
-    where = str(path) if path is not None else "alerting/default_rules.toml"
+    where = str(path) if path is not None else "alerting/default_rules.toml" if text_given is None else "<rules text>"
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

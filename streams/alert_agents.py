@@ -51,6 +51,39 @@ def _ts(ms: int) -> float:
     return (ms + 0.5) / 1000.0
 
 
+def to_route(engine: AlertEngine, batch: list[tuple[int, dict[str, Any]]]) -> tuple[list[dict[str, Any]], int]:
+    """The aggregates of one batch (``(source partition, aggregate)``, in order) the engine must get, each
+    with its ``src``; and how many it need not get.
+
+    Those no rule wants are left out, and so is one that only silence rules want when another
+    aggregate of the batch, routed anyway, shows them the same (:func:`_silence_view`): processed,
+    it would change nothing. Of a close of 10,000 sensors (35,000 aggregates) with the default
+    rules, 20,000 need not be re-encoded, sent, decoded and stepped through.
+    """
+    wanted: list[tuple[int, dict[str, Any], bool, tuple[str, ...]]] = []
+    covered: set[tuple[Any, ...]] = set()
+    for src, agg in batch:
+        other, silence = engine.interest(agg)
+        if other or silence:
+            wanted.append((src, agg, other, silence))
+            if other and silence:
+                covered.add(_silence_view(src, agg, silence))
+    out: list[dict[str, Any]] = []
+    for src, agg, other, silence in wanted:
+        if not other and _silence_view(src, agg, silence) in covered:
+            continue
+        agg["src"] = src  # the source partition: its own event clock judges the silence of its sensors
+        out.append(agg)
+    return out, len(wanted) - len(out)
+
+
+def _silence_view(src: int, agg: dict[str, Any], rules: tuple[str, ...]) -> tuple[Any, ...]:
+    """All the silence ``rules`` read of an aggregate (``AlertEngine.process``, ``_seen``): of two with
+    the same view, the second does nothing."""
+    return (src, agg["sensor_id"], agg["zone"], agg["kind"], agg.get("end_ms"), agg.get("first_ts_ms"),
+            agg.get("last_ts_ms"), rules)
+
+
 def control_topic_for(alerts_topic: str) -> str:
     """The operator command topic that goes with an alerts topic.
 
@@ -113,7 +146,8 @@ class Alerting:
         self.sinks: list[Any] = []
         self.board: Any = None
         self.stats: dict[str, int] = {"alert_records": 0, "sink_failures": 0, "rule_reloads": 0,
-                                      "rule_reload_errors": 0, "commands_in": 0, "commands_rejected": 0}
+                                      "rule_reload_errors": 0, "commands_in": 0, "commands_rejected": 0,
+                                      "silence_only_not_routed": 0}
         self._mtime: float | None = _mtime(rules_file)
         self.publish: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None
         self.activity = AlertPathActivity()
@@ -338,6 +372,7 @@ def attach_alerting(  # noqa: C901 - one place that wires it all
         async for events in stream.take_events(ROUTE_BATCH, within=0.05):
             by_part: dict[int, list[Any]] = defaultdict(list)
             ends: dict[int, int] = {}
+            batch: list[tuple[int, dict[str, Any]]] = []
             for e in events:
                 src = e.message.partition
                 for raw in split_frame(e.value):  # one aggregate, or a frame of them
@@ -345,11 +380,12 @@ def attach_alerting(  # noqa: C901 - one place that wires it all
                     end = agg.get("end_ms")
                     if isinstance(end, int) and end > ends.get(src, -1):
                         ends[src] = end
-                    if engine.wants(agg):
-                        # The source partition: its own event clock judges the silence of its sensors.
-                        agg["src"] = src
-                        # the partition the zone's key picks: a zone and its state stay where they were
-                        by_part[kafka_partition(agg["zone"].encode(), k.partitions)].append(agg)
+                    batch.append((src, agg))
+            routed_aggs, skipped = to_route(engine, batch)
+            handle.stats["silence_only_not_routed"] += skipped
+            for agg in routed_aggs:
+                # the partition the zone's key picks: a zone and its state stay where they were
+                by_part[kafka_partition(agg["zone"].encode(), k.partitions)].append(agg)
             if by_part:
                 handle.activity.touch()
             for p, aggs in sorted(by_part.items()):
