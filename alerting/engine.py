@@ -258,6 +258,9 @@ class AlertEngine:
         self.cfg = rules.config
         self._by_metric: dict[tuple[str | None, str | None], list[Rule]] = {}
         self._silence: list[Rule] = []
+        # _applicable's memo; keyed also by zone and sensor once a rule filters on them
+        self._applies: dict[tuple[Any, ...], tuple[tuple[Rule, ...], tuple[Rule, ...]]] = {}
+        self._filtered = any(r.zones is not None or r.sensors is not None for r in rules.rules)
         self._silence_rules: dict[str, Rule] = {r.name: r for r in rules.rules if r.type == "silence"}
         for r in rules.rules:
             if r.type == "silence":
@@ -296,10 +299,30 @@ class AlertEngine:
         sensor's window: one reading carries them all) one does its work. The host routes the
         others only when no aggregate wanted by another rule carries the same (``streams.alert_agents``).
         """
+        rules, silence = self._applicable(agg)
+        return bool(rules), tuple(rule.name for rule in silence)
+
+    def _applicable(self, agg: dict[str, Any]) -> tuple[tuple[Rule, ...], tuple[Rule, ...]]:
+        """The rules that look at ``agg`` (:meth:`Rule.applies`), in the order :meth:`process` steps
+        them, and the silence rules that do; remembered per the fields ``applies`` reads."""
+        key: tuple[Any, ...] = (agg["kind"], agg["metric"], agg.get("window", "tumbling"), agg.get("size_ms"))
+        if self._filtered:
+            key = (*key, agg["zone"], agg["sensor_id"])
+        try:
+            hit = self._applies.get(key)
+        except TypeError:  # an unhashable field: judge it without the memo
+            return self._applicable_now(agg)
+        if hit is None:
+            hit = self._applies[key] = self._applicable_now(agg)
+        return hit
+
+    def _applicable_now(self, agg: dict[str, Any]) -> tuple[tuple[Rule, ...], tuple[Rule, ...]]:
         kind, metric = agg["kind"], agg["metric"]
-        other = any(rule.applies(agg) for key in ((kind, metric), (None, metric), (kind, None), (None, None))
-                    for rule in self._by_metric.get(key, ()))
-        return other, tuple(rule.name for rule in self._silence if rule.applies(agg))
+        rules = tuple(
+            rule for key in ((kind, metric), (None, metric), (kind, None), (None, None))
+            for rule in self._by_metric.get(key, ()) if rule.applies(agg)
+        )
+        return rules, tuple(rule for rule in self._silence if rule.applies(agg))
 
     def set_rules(self, rules: RuleSet, now_ms: int) -> list[dict[str, Any]]:
         """Hot reload: switch to ``rules``; open alerts of removed rules are cleared.
@@ -426,8 +449,7 @@ class AlertEngine:
     def process(self, aggregates: Iterable[dict[str, Any]], now_ms: int, partition: int = 0) -> list[dict[str, Any]]:
         """Apply closed aggregates (one micro-batch); return the alert records to publish."""
         c = self.counters
-        by_metric = self._by_metric
-        silence = self._silence
+        applicable = self._applicable
         src_ms = self.src_ms
         zone_src = self.zone_src
         self._host_ms = now_ms
@@ -445,19 +467,14 @@ class AlertEngine:
                     zone_src[(partition, agg["zone"], src)] = [end, now_ms]
                 else:
                     zs[0], zs[1] = max(zs[0], end), now_ms
-            kind, metric = agg["kind"], agg["metric"]
-            for key in ((kind, metric), (None, metric), (kind, None), (None, None)):
-                rules = by_metric.get(key)
-                if rules:
-                    for rule in rules:
-                        if rule.applies(agg):
-                            if rule.type == "drift":
-                                self._collect(rule, agg, partition)
-                            else:
-                                self._step(rule, agg, partition)
+            rules, silence = applicable(agg)
+            for rule in rules:
+                if rule.type == "drift":
+                    self._collect(rule, agg, partition)
+                else:
+                    self._step(rule, agg, partition)
             for rule in silence:
-                if rule.applies(agg):
-                    self._seen(rule, agg, partition)
+                self._seen(rule, agg, partition)
         self._check_zones(now_ms)
         if self._gathered:
             self._check_drift(now_ms, self._gathered)

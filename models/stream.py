@@ -61,8 +61,23 @@ class StreamScorer:
         self.scorers = {k: Scorer(m) for k, m in models.items()}
         self.thresholds = {k: float(m.sidecar.get("default_threshold", 0.99)) for k, m in models.items()}
         self.paths = {k: m.path for k, m in models.items()}
-        self.features: dict[str, FeatureState] = {k: FeatureState() for k in KINDS}
+        self._features: dict[str, FeatureState] = {k: FeatureState() for k in KINDS}
         self._streak: dict[tuple[str, str], int] = {}  # consecutive anomalous windows per series
+        # The last window start's baseline updates, applied before anything reads the baselines
+        # again (:meth:`_settle`): the aggregates leave for the alert path without waiting for them.
+        self._unlearned: list[tuple[FeatureState, list[dict[str, Any]]]] = []
+
+    @property
+    def features(self) -> dict[str, FeatureState]:
+        """The per-kind baselines, with every scored window's update applied."""
+        self._settle()
+        return self._features
+
+    def _settle(self) -> None:
+        """Apply the baseline updates :meth:`score` left (it leaves those of its last window start)."""
+        while self._unlearned:
+            state, records = self._unlearned.pop(0)
+            state.learn(records)
 
     def _may_learn(self, state: FeatureState, rec: dict[str, Any], score: float, threshold: float) -> bool:
         """Whether a scored window may update its baselines.
@@ -131,9 +146,10 @@ class StreamScorer:
         for rec in aggregates:
             if self._scored(rec):
                 by_kind.setdefault(rec["kind"], []).append(rec)
+        self._settle()
         for kind, recs in by_kind.items():
             scorer = self.scorers[kind]
-            state = self.features[kind]
+            state = self._features[kind]
             threshold = self.thresholds[kind]
             # One window start at a time, in event-time order (as in training): window W's features
             # see the baselines learned up to W-1 and its zone peers closing at the same start, so a
@@ -141,7 +157,8 @@ class StreamScorer:
             by_start: dict[int, list[dict[str, Any]]] = {}
             for rec in recs:
                 by_start.setdefault(int(rec["start_ms"]), []).append(rec)
-            for start in sorted(by_start):
+            starts = sorted(by_start)
+            for start in starts:
                 group = by_start[start]
                 x = state.transform(group, learn=np.zeros(len(group), dtype=bool))
                 res = scorer.score(x)
@@ -150,7 +167,11 @@ class StreamScorer:
                     rec["score"] = s
                     rec["model_version"] = res.model_version
                     rec["top_features"] = list(top)
-                state.learn([r for r, s in zip(group, scores, strict=True) if self._may_learn(state, r, s, threshold)])
+                normal = [r for r, s in zip(group, scores, strict=True) if self._may_learn(state, r, s, threshold)]
+                if start == starts[-1]:
+                    self._unlearned.append((state, normal))  # nothing reads them before _settle
+                else:
+                    state.learn(normal)  # the next start's features see them
 
     def state_docs(self, aggregates: Sequence[dict[str, Any]]) -> list[tuple[str, int | None, dict[str, Any]]]:
         """JSON documents of the state :meth:`score` changed scoring ``aggregates`` (call right after it).
@@ -162,6 +183,7 @@ class StreamScorer:
         it touched, never a sensor's whole profile. :meth:`restore_series` and :meth:`restore_season`
         load them back; the result scores exactly as the scorer that wrote them.
         """
+        self._settle()
         touched: dict[tuple[str, str], set[int]] = {}  # (kind, sensor_id) -> season buckets
         for rec in aggregates:
             if self._scored(rec):
@@ -169,7 +191,7 @@ class StreamScorer:
                 buckets.add(FeatureState.bucket(int(rec["start_ms"])))
         out: list[tuple[str, int | None, dict[str, Any]]] = []
         for (kind, sid), buckets in touched.items():
-            state = self.features[kind]
+            state = self._features[kind]
             series = state.series_doc(sid)
             streaks = {m: n for m in series if (n := self._streak.get((sid, m), 0))}
             out.append((sid, None, {"k": kind, "m": series, "s": streaks} if streaks else {"k": kind, "m": series}))
@@ -182,7 +204,8 @@ class StreamScorer:
     def restore_series(self, sensor_id: str, doc: dict[str, Any]) -> None:
         """Load a sensor's baselines and streaks written by :meth:`state_docs` (replacing what is held)."""
         series = doc["m"]
-        self.features[doc["k"]].restore_series(sensor_id, series)
+        self._settle()
+        self._features[doc["k"]].restore_series(sensor_id, series)
         streaks = doc.get("s", {})
         for metric in series:
             n = int(streaks.get(metric, 0))
@@ -193,9 +216,11 @@ class StreamScorer:
 
     def restore_season(self, sensor_id: str, bucket: int, doc: dict[str, Any]) -> None:
         """Load one season bucket of a sensor written by :meth:`state_docs`."""
-        self.features[doc["k"]].restore_season(sensor_id, bucket, doc["v"])
+        self._settle()
+        self._features[doc["k"]].restore_season(sensor_id, bucket, doc["v"])
 
     def forget(self) -> None:
         """Drop all per-series state (after a rebalance: the owned partitions restore it from the table)."""
-        self.features = {k: FeatureState() for k in KINDS}
+        self._unlearned.clear()
+        self._features = {k: FeatureState() for k in KINDS}
         self._streak.clear()

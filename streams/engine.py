@@ -220,6 +220,8 @@ class PartitionWindows:
         self.slot_metric: list[str] = []
         self._slot_owner: list[int] = []  # slot -> SensorMeta.idx
         self._slot_rank: list[int] = []  # slot -> position among its sensor's slots ("u" order)
+        self._heads: list[tuple[str, str, str, str, str]] = []  # see _slot_heads
+        self._ranks: np.ndarray | None = None  # see _sort_ranks
         self._slot_cols: tuple[int, np.ndarray, np.ndarray] = (0, np.empty(0, np.int64), np.empty(0, np.int64))
         self.stores: list[Any] = [_store(w, spec) for w in spec.windows]
         self._all_panes = all(isinstance(store, PaneStore) for store in self.stores)
@@ -621,37 +623,73 @@ class PartitionWindows:
         return out
 
     def _records(self, wdef: WindowDef, closed: Closed, *, final: bool) -> list[dict[str, Any]]:
-        if len(closed) == 0:
+        """One aggregate record per closed cell, ordered by window end, sensor id, metric, window start.
+
+        The order comes from one ``np.lexsort`` over the slots' (sensor id, metric) ranks, and each
+        record is a constant-key dict plus its columns: a 10,000-sensor close builds 35,000 of them
+        on the alert path (:meth:`_records_reference` is the plain version the tests compare with).
+        """
+        n = len(closed)
+        if n == 0:
             return []
+        cols = closed.columns()
+        names = tuple(cols)
+        order = np.lexsort((closed.start_ms, self._sort_ranks()[closed.slot], closed.end_ms))
+        slots = closed.slot[order].tolist()
+        starts = closed.start_ms[order].tolist()
+        ends = closed.end_ms[order].tolist()
+        values = zip(*(c[order].tolist() for c in cols.values()), strict=True)
+        heads = self._slot_heads()
+        wkind, size, hop = wdef.kind, wdef.size_ms, wdef.hop_ms
+        rows: list[dict[str, Any]] = []
+        append = rows.append
+        for s, start, end, vals in zip(slots, starts, ends, values, strict=True):
+            sid, kind, zone, metric, unit = heads[s]
+            rec: dict[str, Any] = {
+                "v": 1, "sensor_id": sid, "kind": kind, "zone": zone, "metric": metric, "unit": unit,
+                "window": wkind, "size_ms": size, "hop_ms": hop, "start_ms": start, "end_ms": end, "final": final,
+            }
+            rec.update(zip(names, vals, strict=True))
+            append(rec)
+        return rows
+
+    def _records_reference(self, wdef: WindowDef, closed: Closed, *, final: bool) -> list[dict[str, Any]]:
+        """The straightforward :meth:`_records` (one dict per cell, then a sort on a tuple key)."""
         cols = {k: v.tolist() for k, v in closed.columns().items()}
-        names = list(cols)
-        slot = closed.slot.tolist()
-        start = closed.start_ms.tolist()
-        end = closed.end_ms.tolist()
+        slot, start, end = closed.slot.tolist(), closed.start_ms.tolist(), closed.end_ms.tolist()
         rows = []
         for i, s in enumerate(slot):
-            sid = self.slot_sensor[s]
-            metric = self.slot_metric[s]
+            sid, metric = self.slot_sensor[s], self.slot_metric[s]
             meta = self.sensors[sid]
             rec: dict[str, Any] = {
-                "v": 1,
-                "sensor_id": sid,
-                "kind": meta.kind,
-                "zone": meta.zone,
-                "metric": metric,
-                "unit": meta.units.get(metric, ""),
-                "window": wdef.kind,
-                "size_ms": wdef.size_ms,
-                "hop_ms": wdef.hop_ms,
-                "start_ms": start[i],
-                "end_ms": end[i],
-                "final": final,
+                "v": 1, "sensor_id": sid, "kind": meta.kind, "zone": meta.zone, "metric": metric,
+                "unit": meta.units.get(metric, ""), "window": wdef.kind, "size_ms": wdef.size_ms,
+                "hop_ms": wdef.hop_ms, "start_ms": start[i], "end_ms": end[i], "final": final,
             }
-            for name in names:
-                rec[name] = cols[name][i]
+            for name, col in cols.items():
+                rec[name] = col[i]
             rows.append(((end[i], sid, metric, start[i]), rec))
         rows.sort(key=lambda x: x[0])
         return [r for _, r in rows]
+
+    def _slot_heads(self) -> list[tuple[str, str, str, str, str]]:
+        """Per slot: (sensor id, kind, zone, metric, unit), extended as slots are added (they never change)."""
+        heads = self._heads
+        for s in range(len(heads), len(self.slot_sensor)):
+            sid, metric = self.slot_sensor[s], self.slot_metric[s]
+            meta = self.sensors[sid]
+            heads.append((sid, meta.kind, meta.zone, metric, meta.units.get(metric, "")))
+        return heads
+
+    def _sort_ranks(self) -> np.ndarray:
+        """Per slot, its rank in (sensor id, metric) order; recomputed only when slots were added."""
+        n = len(self.slot_sensor)
+        if self._ranks is None or len(self._ranks) != n:
+            keys = sorted(range(n), key=lambda s: (self.slot_sensor[s], self.slot_metric[s]))
+            ranks = np.empty(n, dtype=np.int64)
+            ranks[keys] = np.arange(n, dtype=np.int64)
+            self._ranks = ranks
+        return self._ranks
 
     @property
     def open_windows(self) -> int:

@@ -519,11 +519,12 @@ class Pipeline:
         if closed:
             out.aggregates.extend(closed)
             self.counters.aggregates += len(closed)
-            for agg in closed:
-                alerts = evaluate(self.rules, agg)
-                if alerts:
-                    out.alerts.extend(alerts)
-                    self.counters.alerts += len(alerts)
+            if self.rules:  # a worker's rules run in the alert engine (streams.alert_agents)
+                for agg in closed:
+                    alerts = evaluate(self.rules, agg)
+                    if alerts:
+                        out.alerts.extend(alerts)
+                        self.counters.alerts += len(alerts)
             # The closure's documents (the scorer's state, then the window state of its sensors)
             # are built by closed_state(), which the caller runs after it has sent the aggregates:
             # building them is a third of a close's CPU, and the alert path should not wait for it.

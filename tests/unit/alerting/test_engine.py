@@ -320,6 +320,41 @@ def test_unwanted_aggregates_are_not_routed() -> None:
     assert not eng.wants(make_agg(window="hopping"))
 
 
+def test_the_rules_an_aggregate_gets_follow_zone_and_sensor_filters_and_reloads() -> None:
+    """``_applicable`` remembers per (kind, metric, window, size), and per zone and sensor too once a
+    rule filters on them: what it gives is what ``Rule.applies`` says, aggregate by aggregate."""
+    text = PM25 + """
+[[rule]]
+name = "pm25_nanshan"
+kind = "environment"
+metric = "pm25"
+zones = ["nanshan"]
+op = ">"
+raise = 100
+clear = 90
+[[rule]]
+name = "pm25_one"
+metric = "pm25"
+sensors = ["env-futian-0002"]
+op = ">"
+raise = 50
+clear = 40
+"""
+    eng = AlertEngine(rules(text))
+    aggs = [make_agg(sid, zone=zone, **over) for sid in ("env-futian-0001", "env-futian-0002")
+            for zone in ("futian", "nanshan") for over in ({}, {"size_ms": 2 * W}, {"metric": "pm10"})]
+    for agg in aggs * 2:  # the second time from the memo
+        rules_now, silence = eng._applicable(agg)
+        want = [r for r in eng.rules.rules if r.type != "silence" and r.applies(agg)]
+        assert sorted(r.name for r in rules_now) == sorted(r.name for r in want)
+        assert silence == ()
+    assert {r.name for r in eng._applicable(make_agg("env-futian-0002", zone="nanshan"))[0]} == {
+        "pm25_high", "pm25_nanshan", "pm25_one"}
+    # a reload forgets what was remembered under the old rules
+    eng.set_rules(rules(), T0)
+    assert [r.name for r in eng._applicable(make_agg("env-futian-0002", zone="nanshan"))[0]] == ["pm25_high"]
+
+
 @pytest.mark.parametrize("n", [1, 50])
 def test_engine_state_documents_are_json_safe(n: int) -> None:
     import orjson
