@@ -203,7 +203,7 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
             key = rec.key if rec.index < 0 else info.reading.sensor_id.encode()  # a frame has no one key
             await late.send(key=key, value=rec.value, headers=headers, timestamp=_ts(info.reading.ts_ms))
         if out.aggregates:
-            activity.touch()  # the alert path has this close's work coming (AlertPathActivity)
+            activity.expect(len(out.aggregates))  # the alert path has this close's work coming
         if frame_size > 1 and out.aggregates:
             # frames of one partition's aggregates (its sensors', by murmur2): the time-series and
             # alert-routing agents pay their per-record cost once per frame (streams.frames). Each

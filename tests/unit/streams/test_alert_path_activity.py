@@ -47,6 +47,37 @@ def test_a_busy_alert_path_is_waited_for_at_most_max_wait() -> None:
     assert a.wait_s(started) == 0.0  # 1.0 s waited: go on regardless
 
 
+def test_aggregates_on_their_way_to_the_router_keep_the_alert_path_busy() -> None:
+    """A pause in a close's aggregates longer than quiet_s is not quiet while some are still coming."""
+    clock = Clock()
+    a = AlertPathActivity(quiet_s=0.15, max_wait_s=2.0, clock=clock)
+    started = clock.t
+    a.expect(35_000)
+    clock.t += 0.1
+    a.arrived(20_000)
+    clock.t += 0.4  # a long pause between two fetches: 15,000 still on their way
+    assert a.wait_s(started) == pytest.approx(0.15)
+    a.arrived(15_000)
+    assert a.in_flight == 0 and a.wait_s(started) == pytest.approx(0.15)  # now the quiet period
+    clock.t += 0.15
+    assert a.wait_s(started) == 0.0
+    a.arrived(10)  # more than was counted (another worker's aggregates): never below nothing
+    assert a.in_flight == 0
+
+
+def test_counts_that_never_meet_end_the_wait_at_max_wait_and_start_again() -> None:
+    async def run() -> tuple[float, int, int]:
+        a = AlertPathActivity(quiet_s=0.02, max_wait_s=0.1)
+        a.expect(100)
+        a.arrived(40)  # the other 60 went to a router elsewhere
+        t0 = asyncio.get_running_loop().time()
+        await a.quiet()
+        return asyncio.get_running_loop().time() - t0, a.in_flight, a.gave_up
+
+    waited, in_flight, gave_up = asyncio.run(run())
+    assert 0.09 <= waited < 0.5 and in_flight == 0 and gave_up == 1
+
+
 def test_nothing_waits_while_the_input_has_a_backlog() -> None:
     clock = Clock()
     a = AlertPathActivity(quiet_s=0.2, max_wait_s=2.0, clock=clock)
