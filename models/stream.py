@@ -75,9 +75,9 @@ class StreamScorer:
 
     def _settle(self) -> None:
         """Apply the baseline updates :meth:`score` left (it leaves those of its last window start)."""
-        while self._unlearned:
-            state, records = self._unlearned.pop(0)
+        for state, records in self._unlearned:
             state.learn(records)
+        self._unlearned.clear()
 
     def _may_learn(self, state: FeatureState, rec: dict[str, Any], score: float, threshold: float) -> bool:
         """Whether a scored window may update its baselines.

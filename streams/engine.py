@@ -595,7 +595,7 @@ class PartitionWindows:
             if zone_partials is not None and not wdef.keyed:
                 from streams.zones import partials_from_closed
 
-                metas = [self.sensors[s] for s in self.slot_sensor]
+                heads = self._slot_heads()  # (sensor id, kind, zone, metric, unit) per slot
                 zone_partials.extend(
                     partials_from_closed(
                         closed,
@@ -603,10 +603,10 @@ class PartitionWindows:
                         wdef.size_ms,
                         wdef.hop_ms,
                         self.partition,
-                        [m.zone for m in metas],
-                        [m.kind for m in metas],
+                        [h[2] for h in heads],
+                        [h[1] for h in heads],
                         self.slot_metric,
-                        [metas[i].units.get(m, "") for i, m in enumerate(self.slot_metric)],
+                        [h[4] for h in heads],
                     )
                 )
             records.extend(self._records(wdef, closed, final=True))
@@ -627,10 +627,9 @@ class PartitionWindows:
 
         The order comes from one ``np.lexsort`` over the slots' (sensor id, metric) ranks, and each
         record is a constant-key dict plus its columns: a 10,000-sensor close builds 35,000 of them
-        on the alert path (:meth:`_records_reference` is the plain version the tests compare with).
+        on the alert path (``tests/unit/streams/test_fast_paths.py`` compares it with the plain version).
         """
-        n = len(closed)
-        if n == 0:
+        if len(closed) == 0:
             return []
         cols = closed.columns()
         names = tuple(cols)
@@ -652,25 +651,6 @@ class PartitionWindows:
             rec.update(zip(names, vals, strict=True))
             append(rec)
         return rows
-
-    def _records_reference(self, wdef: WindowDef, closed: Closed, *, final: bool) -> list[dict[str, Any]]:
-        """The straightforward :meth:`_records` (one dict per cell, then a sort on a tuple key)."""
-        cols = {k: v.tolist() for k, v in closed.columns().items()}
-        slot, start, end = closed.slot.tolist(), closed.start_ms.tolist(), closed.end_ms.tolist()
-        rows = []
-        for i, s in enumerate(slot):
-            sid, metric = self.slot_sensor[s], self.slot_metric[s]
-            meta = self.sensors[sid]
-            rec: dict[str, Any] = {
-                "v": 1, "sensor_id": sid, "kind": meta.kind, "zone": meta.zone, "metric": metric,
-                "unit": meta.units.get(metric, ""), "window": wdef.kind, "size_ms": wdef.size_ms,
-                "hop_ms": wdef.hop_ms, "start_ms": start[i], "end_ms": end[i], "final": final,
-            }
-            for name, col in cols.items():
-                rec[name] = col[i]
-            rows.append(((end[i], sid, metric, start[i]), rec))
-        rows.sort(key=lambda x: x[0])
-        return [r for _, r in rows]
 
     def _slot_heads(self) -> list[tuple[str, str, str, str, str]]:
         """Per slot: (sensor id, kind, zone, metric, unit), extended as slots are added (they never change)."""
