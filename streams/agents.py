@@ -190,7 +190,7 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
     pending_state: dict[str, tuple[int, Any]] = {}  # window-state key -> (partition, latest doc) to write
     buffered: list[BufferedSink] = []  # the timeseries agent's writer, for the flush timer and stats page
 
-    async def emit(out: Output) -> None:
+    async def emit(out: Output, *, settle: bool = True) -> None:
         for dl in out.dead_letters:
             await dlq.send(key=dl.key, value=dl.value, headers=dl.headers)
         for rec, info in out.late:
@@ -258,6 +258,11 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
             data[key] = value
             pending_state.pop(key, None)
             await persist(table, partition, key, value)
+        if settle:
+            await settle_closures()
+
+    async def settle_closures() -> None:
+        data = table.data
         if pipeline.closures_pending:
             await activity.quiet()
         while pipeline.closures_pending:
@@ -302,7 +307,12 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
             # Frames make a batch of records many more readings: processed at once they would hold
             # the event loop for seconds (no fetching, sending or committing meanwhile).
             for chunk in reading_chunks(records, READINGS_BATCH):
-                await emit(pipeline.process(chunk, wall_ms(), table.data.items()))
+                out = pipeline.process(chunk, wall_ms(), table.data.items())
+                # The closures' documents wait while another partition's close is still to come
+                # (its watermark-moving readings in a later chunk): built first (after the alert
+                # path's quiet moment), they held that close and its alerts back 4 s in a traced
+                # 10,000/s run. The commit builds them if no level moment comes first (flush_state).
+                await emit(out, settle=pipeline.closes_level)
                 # Give the other agents a turn: an await that does not suspend (a send into a
                 # producer batch with room) does not, and a backlog caught up after a window close
                 # is many chunks; the alert path (routing, the engine) would wait behind all of them.

@@ -427,6 +427,23 @@ class Pipeline:
         """Whether :meth:`closed_state` has documents to give."""
         return bool(self._closures)
 
+    @property
+    def closes_level(self) -> bool:
+        """Whether every partition's watermark has closed the same windows (those of the smallest hop).
+
+        Partitions move together (``streams.align``), but the readings that take each of them past
+        a window end arrive in different batches: until the last of them has, the other
+        partitions' closes are still to come, and the caller should not yet spend its time on the
+        closures' documents (``streams.agents``).
+
+        >>> Pipeline(WindowSpec(), ()).closes_level  # no partition yet
+        True
+        """
+        step = min(w.hop_ms for w in self.spec.windows)
+        grace = self.spec.grace_ms
+        ends = {(pw.watermark_ms - grace) // step for pw in self.partitions.values() if pw.watermark_ms != NO_WATERMARK}
+        return len(ends) <= 1
+
     def closed_state(self, max_sensors: int = 0) -> list[tuple[int, str, Any]]:
         """``(partition, key, document)`` of the next sensors whose windows closed; ``[]`` when none are left.
 

@@ -137,3 +137,18 @@ def test_mixed_partitions_keep_input_order_of_dead_letters_and_counts() -> None:
     c = p.counters
     assert c.readings_in == 30 and c.readings_counted + c.dead_letters == 30
     assert all(len(pw.sensors) <= 2 for pw in p.partitions.values())
+
+
+def test_closes_are_level_once_every_partition_has_closed_the_same_windows() -> None:
+    p = Pipeline(WindowSpec(60_000, 0, 0, 5_000), ())
+    base = NOW - 600_000 - (NOW - 600_000) % 60_000
+    p.process([Record(part, 0, payload(f"s{part}", base + 1000, 1.0)) for part in (0, 1)], NOW)
+    assert p.closes_level  # both in the first window
+    p.process([Record(1, 1, payload("s1", base + 30_000, 1.0))], NOW)
+    assert p.closes_level  # further on, still in it
+    out = p.process([Record(0, 1, payload("s0", base + 61_000, 1.0))], NOW)  # partition 0 closes the window
+    assert [a["sensor_id"] for a in out.aggregates] == ["s0"]
+    assert not p.closes_level  # partition 1's close is still to come
+    out = p.process([Record(1, 2, payload("s1", base + 61_000, 1.0))], NOW)
+    assert [a["sensor_id"] for a in out.aggregates] == ["s1"]
+    assert p.closes_level
