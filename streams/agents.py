@@ -308,11 +308,12 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
             # the event loop for seconds (no fetching, sending or committing meanwhile).
             for chunk in reading_chunks(records, READINGS_BATCH):
                 out = pipeline.process(chunk, wall_ms(), table.data.items())
-                # The closures' documents wait while another partition's close is still to come
-                # (its watermark-moving readings in a later chunk): built first (after the alert
+                # Live, the closures' documents wait while another partition's close is still to
+                # come (its watermark-moving readings in a later chunk): built first (after the alert
                 # path's quiet moment), they held that close and its alerts back 4 s in a traced
                 # 10,000/s run. The commit builds them if no level moment comes first (flush_state).
-                await emit(out, settle=pipeline.closes_level)
+                # Catching up, nothing waits for a quiet moment, and they are built at once.
+                await emit(out, settle=activity.backlog or pipeline.closes_level)
                 # Give the other agents a turn: an await that does not suspend (a send into a
                 # producer batch with room) does not, and a backlog caught up after a window close
                 # is many chunks; the alert path (routing, the engine) would wait behind all of them.
