@@ -269,6 +269,13 @@ class Bench:
         #: Idle timeout of our workers in the backlog runs: longer than a rebalance (the dead or joining
         #: member's session, about 6 s), as in tests/integration/test_faults_rebalance.py.
         self.backlog_idle_ms = 15_000
+        #: ``--set`` settings for our workers, checked here so that a typo does not run a whole benchmark
+        self.settings: dict[str, str] = {}
+        for item in getattr(args, "set", None) or []:
+            name, sep, value = item.partition("=")
+            if not sep or not name.startswith("URBAN_"):
+                raise SystemExit(f"e2e: --set {item!r}: expected URBAN_NAME=VALUE")
+            self.settings[name] = value
 
     # -- processes -----------------------------------------------------------------------------
     def _env_ours(self, tag: str, workers_env: dict[str, str]) -> dict[str, str]:
@@ -282,6 +289,7 @@ class Bench:
             URBAN_KAFKA__PARTITIONS=str(a.partitions), URBAN_LOG_LEVEL="INFO",
             **{"URBAN_WINDOW__IDLE_TIMEOUT_MS": "2000", **workers_env},
         )
+        env.update(self.settings)
         app = env["URBAN_APP_ID"]
         env["URBAN_KAFKA__ZONE_PARTIALS_TOPIC"] = f"{app}.zone-partials"
         env["URBAN_KAFKA__ZONE_AGGREGATES_TOPIC"] = f"{app}.zone-aggregates"
@@ -723,7 +731,8 @@ def drains(bench: Bench, repeats: int) -> dict[str, Any]:
         "ours_framed_over_one_per_record": round(med[f"ours_frame_{f}"] / max(med["ours_frame_1"], 1), 2),
         "runs": runs, "repeats": repeats,
         "settings": {"window_s": a.window_s, "allowed_lateness_ms": a.lateness_ms, "backlog": a.backlog,
-                     "baseline_backlog": a.baseline_backlog, "backlog_sensors": a.backlog_sensors, "frame": f},
+                     "baseline_backlog": a.baseline_backlog, "backlog_sensors": a.backlog_sensors, "frame": f,
+                     "set": bench.settings},
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
     }
 
@@ -743,7 +752,7 @@ def live_loads(bench: Bench, loads: list[int], with_baseline: bool) -> dict[str,
             res = bench.scenario(system, rate=r, workers=workers, max_s=a.seconds + a.window_s + 40, frame=a.frame)
             out[system][str(r)] = {"workers": workers, **{k: res.get(k) for k in keep}}
     return {"loads": out, "settings": {"window_s": a.window_s, "allowed_lateness_ms": a.lateness_ms,
-                                       "seconds_per_load": a.seconds, "frame": a.frame},
+                                       "seconds_per_load": a.seconds, "frame": a.frame, "set": bench.settings},
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
 
 
@@ -790,6 +799,8 @@ def main(argv: list[str]) -> int:  # noqa: C901, PLR0915 - one benchmark driver
     ap.add_argument("--live-only", action="store_true",
                     help="only the offered loads (--loads), ours and (unless --skip-baseline) the baseline")
     ap.add_argument("--workers", type=int, default=1, help="with --live-only: our worker processes")
+    ap.add_argument("--set", action="append", default=[], metavar="URBAN_NAME=VALUE",
+                    help="a setting for our workers (repeatable), e.g. URBAN_GC_HOLD_MAX_S=0 to compare")
     ap.add_argument("--publish", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.publish is not None:
@@ -885,7 +896,8 @@ def main(argv: list[str]) -> int:  # noqa: C901, PLR0915 - one benchmark driver
         "settings": {"window_s": args.window_s, "allowed_lateness_ms": args.lateness_ms,
                      "idle_timeout_ms": 2000, "partitions": args.partitions, "seconds_per_load": args.seconds,
                      "readings_per_record": f,
-                     "backlog": args.backlog, "backlog_sensors": args.backlog_sensors, "cores": os.cpu_count()},
+                     "backlog": args.backlog, "backlog_sensors": args.backlog_sensors, "cores": os.cpu_count(),
+                     "set": bench.settings},
         "writer": writer,
         "ours": ours,
         "baseline": base,
