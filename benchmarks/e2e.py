@@ -800,7 +800,7 @@ def main(argv: list[str]) -> int:  # noqa: C901, PLR0915 - one benchmark driver
                     help="only the offered loads (--loads), ours and (unless --skip-baseline) the baseline")
     ap.add_argument("--workers", type=int, default=1, help="with --live-only: our worker processes")
     ap.add_argument("--set", action="append", default=[], metavar="URBAN_NAME=VALUE",
-                    help="a setting for our workers (repeatable), e.g. URBAN_GC_HOLD_MAX_S=0 to compare")
+                    help="a setting for our workers (repeatable), e.g. URBAN_GC_YOUNG_THRESHOLD=0 to compare")
     ap.add_argument("--publish", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.publish is not None:
