@@ -22,7 +22,7 @@ import math
 import os
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ import orjson
 from alerting.engine import AlertEngine
 from alerting.errors import RuleError
 from alerting.rules import load_rules
+from alerting.urgency import Urgency
 from streams.app import before_commit, persist_pending, stash
 from streams.frames import kafka_partition, split_frame
 from streams.settings import Settings
@@ -39,6 +40,8 @@ from streams.settings import Settings
 logger = logging.getLogger(__name__)
 
 ROUTE_BATCH = 2000
+#: header of an aggregates frame the windows stage sent ahead of its close (alerting.urgency)
+URGENT_HEADER = "urban.urgent"
 RELOAD_INTERVAL_S = 2.0
 
 
@@ -82,6 +85,52 @@ def _silence_view(src: int, agg: dict[str, Any], rules: tuple[str, ...]) -> tupl
     the same view, the second does nothing."""
     return (src, agg["sensor_id"], agg["zone"], agg["kind"], agg.get("end_ms"), agg.get("first_ts_ms"),
             agg.get("last_ts_ms"), rules)
+
+
+def decode_routed(records: Iterable[tuple[int, Any, bytes]]) -> tuple[
+        list[tuple[int, dict[str, Any]]], list[tuple[int, dict[str, Any]]], dict[int, int]]:
+    """The aggregates of a batch of aggregates-topic records ``(partition, headers, value)``:
+    ``(urgent, rest, ends)``, each aggregate with its source partition, and each source's newest
+    window end.
+
+    A live close's urgent frames (:mod:`alerting.urgency`) are routed first, in messages of their
+    own, unless the batch holds an earlier frame of their partition that is not urgent: a sensor's
+    windows keep their order on their way to the engine.
+
+    >>> u, r, ends = decode_routed([(0, None, b'{"end_ms": 5}'), (1, [("urban.urgent", b"1")], b'{"end_ms": 7}'),
+    ...                             (0, [("urban.urgent", b"1")], b'{"end_ms": 7}')])
+    >>> u, r, ends
+    ([(1, {'end_ms': 7})], [(0, {'end_ms': 5}), (0, {'end_ms': 7})], {0: 7, 1: 7})
+    """
+    first: list[tuple[int, dict[str, Any]]] = []
+    rest: list[tuple[int, dict[str, Any]]] = []
+    ends: dict[int, int] = {}
+    behind: set[int] = set()  # source partitions with a frame that is not urgent so far
+    for src, headers, value in records:
+        if src not in behind and is_urgent(headers):
+            into = first
+        else:
+            behind.add(src)
+            into = rest
+        for raw in split_frame(value):  # one aggregate, or a frame of them
+            agg = orjson.loads(raw)
+            end = agg.get("end_ms")
+            if isinstance(end, int) and end > ends.get(src, -1):
+                ends[src] = end
+            into.append((src, agg))
+    return first, rest, ends
+
+
+def is_urgent(headers: Any) -> bool:
+    """Whether a record's headers (a list of pairs or a mapping) mark an urgent frame.
+
+    >>> is_urgent([("urban.urgent", b"1")]), is_urgent({"urban.urgent": b"1"}), is_urgent(None), is_urgent([])
+    (True, True, False, False)
+    """
+    if not headers:
+        return False
+    items = headers.items() if isinstance(headers, dict) else headers
+    return any(k == URGENT_HEADER for k, _ in items)
 
 
 def control_topic_for(alerts_topic: str) -> str:
@@ -170,13 +219,15 @@ class Alerting:
 
     def __init__(self, engine: AlertEngine, rules_file: Path | None, score_available: bool) -> None:
         self.engine = engine
+        #: picks the aggregates of a live close that go through the alert path first
+        self.urgency = Urgency(engine.rules)
         self.rules_file = rules_file
         self.score_available = score_available
         self.sinks: list[Any] = []
         self.board: Any = None
         self.stats: dict[str, int] = {"alert_records": 0, "sink_failures": 0, "rule_reloads": 0,
                                       "rule_reload_errors": 0, "commands_in": 0, "commands_rejected": 0,
-                                      "silence_only_not_routed": 0}
+                                      "silence_only_not_routed": 0, "urgent_routed": 0}
         self._mtime: float | None = _mtime(rules_file)
         self.publish: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None
         self.activity = AlertPathActivity()
@@ -199,6 +250,7 @@ class Alerting:
         self.stats["rule_reloads"] += 1
         logger.info("rules reloaded file=%s rules=%d zone_rules=%d maintenance=%d", path, len(rules.rules),
                     len(rules.zone_rules), len(rules.maintenance))
+        self.urgency.set_rules(rules)
         return self.engine.set_rules(rules, now_ms)
 
 
@@ -398,22 +450,11 @@ def attach_alerting(  # noqa: C901 - one place that wires it all
         set off held back incident alerts: recall 0.67).
         """
         sent: dict[int, int] = {}  # source partition -> window end last announced
-        async for events in stream.take_events(ROUTE_BATCH, within=0.05):
-            by_part: dict[int, list[Any]] = defaultdict(list)
-            ends: dict[int, int] = {}
-            batch: list[tuple[int, dict[str, Any]]] = []
-            for e in events:
-                src = e.message.partition
-                for raw in split_frame(e.value):  # one aggregate, or a frame of them
-                    agg = orjson.loads(raw)
-                    end = agg.get("end_ms")
-                    if isinstance(end, int) and end > ends.get(src, -1):
-                        ends[src] = end
-                    batch.append((src, agg))
-            if batch:
-                handle.activity.arrived(len(batch))
+
+        async def send_routed(batch: list[tuple[int, dict[str, Any]]]) -> int:
             routed_aggs, skipped = to_route(engine, batch)
             handle.stats["silence_only_not_routed"] += skipped
+            by_part: dict[int, list[Any]] = defaultdict(list)
             for agg in routed_aggs:
                 # the partition the zone's key picks: a zone and its state stay where they were
                 by_part[kafka_partition(agg["zone"].encode(), k.partitions)].append(agg)
@@ -422,6 +463,16 @@ def attach_alerting(  # noqa: C901 - one place that wires it all
             for p, aggs in sorted(by_part.items()):
                 await routed.send(key=aggs[0]["zone"].encode(), value=orjson.dumps({"t": "aggs", "aggs": aggs}),
                                   partition=p)
+            return len(routed_aggs)
+
+        async for events in stream.take_events(ROUTE_BATCH, within=0.05):
+            first, batch, ends = decode_routed((e.message.partition, e.message.headers, e.value) for e in events)
+            if first or batch:
+                handle.activity.arrived(len(first) + len(batch))
+            if first:
+                handle.stats["urgent_routed"] += await send_routed(first)
+                await asyncio.sleep(0)  # the producer sends them before this batch's rest is routed
+            await send_routed(batch)
             # Progress marker to every engine partition, behind this batch's aggregates: how far
             # each source has got, so a sensor alone in its (partition, source) pair that goes
             # silent does not stall the clock its silence is judged on.
@@ -462,12 +513,12 @@ def attach_alerting(  # noqa: C901 - one place that wires it all
         async for events in stream.take_events(200, within=0.05):
             handle.activity.touch()
             now = wall_ms()
-            out: list[dict[str, Any]] = []
             for e in events:
                 p = e.message.partition
                 ensure(p)
-                out += engine.apply(orjson.loads(e.value), now, p)
-            await publish(out)
+                out = engine.apply(orjson.loads(e.value), now, p)
+                if out:  # before the next message: a close's first (urgent) message holds its alerts
+                    await publish(out)
             yield None
 
     @app.on_partitions_revoked.connect
@@ -476,6 +527,7 @@ def attach_alerting(  # noqa: C901 - one place that wires it all
         await flush_state(defer=False)
         await app.producer.flush()
         engine.forget()
+        handle.urgency.forget()
         restored.clear()
 
     state = {"last_reload": 0.0}
@@ -521,4 +573,5 @@ def attach_alerting(  # noqa: C901 - one place that wires it all
     return handle
 
 
-__all__ = ["AlertPathActivity", "Alerting", "attach_alerting", "board_origins", "control_topic_for", "default_sinks"]
+__all__ = ["URGENT_HEADER", "AlertPathActivity", "Alerting", "attach_alerting", "board_origins", "control_topic_for",
+           "decode_routed", "default_sinks", "is_urgent"]
