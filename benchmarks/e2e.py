@@ -480,6 +480,7 @@ class Bench:
             rps = (last["consumed"] - first["consumed"]) / max(1e-9, last["t_s"] - first["t_s"]) if first and last \
                 and last is not first else 0.0
         lat, post, post_idle = [], [], []
+        by_rule: dict[str, int] = {}
         # the last event time the publisher sent: a window ending within the lateness of it was
         # closed by the idle timeout after the feed stopped, not by the watermark of a running feed
         last_ts = pub["start_ms"] + (a.seconds - 1) * 1000 if pub.get("start_ms") and not backlog else None
@@ -491,6 +492,7 @@ class Bench:
                 post_idle.append(after)
                 continue
             lat.append((arrival - rec["first_reading_ts_ms"]) / 1000)
+            by_rule[str(rec.get("rule"))] = by_rule.get(str(rec.get("rule")), 0) + 1
             post.append(after)
         elapsed = samples[-1]["t_s"] if samples else 1.0
         pts = samples[-1]["points_written"] if samples else 0
@@ -508,6 +510,7 @@ class Bench:
             "kept_up": None if not live else bool(pub_done_s) and next(
                 (s["lag"] for s in samples if s["t_s"] >= (pub_done_s or 0)), 10**9) <= (rate or 0),
             "alerts": len(lat),
+            "alerts_by_rule": dict(sorted(by_rule.items())),
             "alert_latency_s": {"p50": pct(lat, 0.5), "p95": pct(lat, 0.95), "p99": pct(lat, 0.99)} if live else None,
             "alert_after_watermark_s": {"p50": pct(post, 0.5), "p95": pct(post, 0.95), "p99": pct(post, 0.99)}
             if live else None,
@@ -740,9 +743,9 @@ def drains(bench: Bench, repeats: int) -> dict[str, Any]:
 def live_loads(bench: Bench, loads: list[int], with_baseline: bool) -> dict[str, Any]:
     """Only the offered-load scenarios (live publishing): throughput, lag and alert latency per load."""
     a = bench.args
-    keep = ("readings_per_s", "kept_up", "max_lag", "lag_at_publisher_end", "alerts", "alert_latency_s",
-            "alert_after_watermark_s", "alerts_after_feed_stopped", "alert_after_watermark_s_feed_stopped",
-            "cpu_ms_per_reading")
+    keep = ("readings_per_s", "kept_up", "max_lag", "lag_at_publisher_end", "alerts", "alerts_by_rule",
+            "alert_latency_s", "alert_after_watermark_s", "alerts_after_feed_stopped",
+            "alert_after_watermark_s_feed_stopped", "cpu_ms_per_reading")
     systems = ("ours", "baseline") if with_baseline else ("ours",)
     out: dict[str, Any] = {}
     for system in systems:
