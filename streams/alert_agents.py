@@ -553,6 +553,7 @@ def attach_alerting(  # noqa: C901 - one place that wires it all
         return web_.json({**handle.stats, **{f: getattr(c, f) for f in c.__dataclass_fields__},
                           "deferred_for_alerts_s": round(handle.activity.waited_s, 3),
                           "deferred_waits_gave_up": handle.activity.gave_up,
+                          "urgent_picked": handle.urgency.picked,
                           "active": len(engine.active_alerts()), "tracks": len(engine.tracks)})
 
     async def _close_sinks() -> None:

@@ -422,6 +422,12 @@ def test_one_zone_incident_everywhere_and_acknowledged_from_the_board(
         assert {d["alert_id"] for d in all_docs} == {zid}
         assert n_cards(driver) == 1
         stats = try_stats(env)
+        # The incident's windows closed on a live feed: their aggregates took the urgent path
+        # (alerting.urgency), and the records above are what the engine made of them.
+        with urllib.request.urlopen(  # noqa: S310 - loopback
+                f"http://127.0.0.1:{env['URBAN_WEB_PORT']}/urbansense/alerting/", timeout=10) as resp:
+            path = orjson.loads(resp.read())
+        assert path["urgent_picked"] >= len(hot) and path["urgent_routed"] >= len(hot), path
     finally:
         stop.set()
         for t in threads:
