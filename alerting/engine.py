@@ -171,6 +171,34 @@ _DOC_FIELDS: Final = tuple(
 )
 
 
+#: rule types whose breach is judged on one window alone, without the sensor's past
+ALONE: Final = frozenset({"threshold", "anomaly", "stuck", "out_of_range"})
+
+
+def measure_alone(rule: Rule, agg: dict[str, Any]) -> tuple[float, bool, float] | None:
+    """``(value, breaching, threshold)`` of one window for a rule of a type in :data:`ALONE`; None
+    for an ``anomaly`` rule when the window has no score. The engine steps every rule through this
+    (``AlertEngine._measure``), and ``alerting.urgency`` picks a close's urgent aggregates with it."""
+    rtype = rule.type
+    if rtype == "threshold":
+        v = float(agg[rule.field])
+        return v, crosses(rule.op, v, rule.raise_level), rule.raise_level
+    if rtype == "anomaly":
+        s = agg.get("score")
+        if s is None:
+            return None
+        return float(s), crosses(rule.op, float(s), rule.raise_level), rule.raise_level
+    if rtype == "stuck":
+        std = float(agg.get("std", 1.0))
+        return std, agg.get("count", 0) >= 2 and std <= _EPS, 0.0
+    lo, hi = rule.low, rule.high  # out_of_range
+    if lo is not None and float(agg["min"]) < lo:
+        return float(agg["min"]), True, lo
+    if hi is not None and float(agg["max"]) > hi:
+        return float(agg["max"]), True, hi
+    return float(agg["mean"]), False, hi if hi is not None else lo or 0.0
+
+
 def _median_without(ordered: list[float], v: float) -> float:
     """Median of ``ordered`` (sorted, len >= 2) without one occurrence of ``v``: O(log n), not a sort per sensor.
 
@@ -583,31 +611,17 @@ class AlertEngine:
     def _measure(self, rule: Rule, t: Track, agg: dict[str, Any]) -> tuple[float, bool, float] | None:
         """(value, breaching, threshold) of one window, or None when it cannot be judged."""
         rtype = rule.type
-        if rtype == "threshold":
-            v = float(agg[rule.field])
-            return v, crosses(rule.op, v, rule.raise_level), rule.raise_level
+        if rtype in ALONE:
+            m = measure_alone(rule, agg)
+            if m is None:
+                self.counters.missing_score += 1
+            return m
         if rtype == "baseline":
             return self._baseline(rule, t, agg)
         if rtype == "spike":
             return self._spike(rule, t, agg)
         if rtype == "drift":
             return self._drift(rule, t, agg)
-        if rtype == "anomaly":
-            s = agg.get("score")
-            if s is None:
-                self.counters.missing_score += 1
-                return None
-            return float(s), crosses(rule.op, float(s), rule.raise_level), rule.raise_level
-        if rtype == "stuck":
-            std = float(agg.get("std", 1.0))
-            return std, agg.get("count", 0) >= 2 and std <= _EPS, 0.0
-        if rtype == "out_of_range":
-            lo, hi = rule.low, rule.high
-            if lo is not None and float(agg["min"]) < lo:
-                return float(agg["min"]), True, lo
-            if hi is not None and float(agg["max"]) > hi:
-                return float(agg["max"]), True, hi
-            return float(agg["mean"]), False, hi if hi is not None else lo or 0.0
         prev, t.prev = t.prev, [float(agg.get(rule.field, agg["mean"])), float(agg.get("last", agg["mean"])),
                                 float(agg["end_ms"])]
         if rtype == "rate_of_change":
@@ -1353,4 +1367,4 @@ class AlertEngine:
         return out
 
 
-__all__ = ["ACTIVE_STATES", "AlertEngine", "EngineCounters", "Track"]
+__all__ = ["ACTIVE_STATES", "ALONE", "AlertEngine", "EngineCounters", "Track", "measure_alone"]

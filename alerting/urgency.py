@@ -35,14 +35,14 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from alerting.engine import ALONE, measure_alone
 from alerting.rules import Rule, RuleSet, crosses
 
 #: rule types judged here; the others never make an aggregate urgent
-JUDGED: Final = frozenset({"threshold", "anomaly", "out_of_range", "stuck", "baseline", "rate_of_change", "jump",
-                           "spike"})
+JUDGED: Final = ALONE | {"baseline", "rate_of_change", "jump", "spike"}
 #: rule types that read the sensor's previous window
 NEEDS_PREVIOUS: Final = frozenset({"baseline", "rate_of_change", "jump", "spike"})
-_EPS: Final = 1e-9
+_EPS: Final = 1e-12  # as alerting.engine
 
 _Key = tuple[str, str, str, Any]
 
@@ -133,17 +133,9 @@ class Urgency:
         end = float(agg["end_ms"])
         for r in rules:
             t = r.type
-            if t in ("threshold", "anomaly"):
-                v = agg.get("score" if t == "anomaly" else r.field)
-                if v is not None and crosses(r.op, float(v), r.raise_level):
-                    return True
-            elif t == "out_of_range":
-                if r.low is not None and float(agg["min"]) < r.low:
-                    return True
-                if r.high is not None and float(agg["max"]) > r.high:
-                    return True
-            elif t == "stuck":
-                if agg.get("count", 0) >= 2 and float(agg.get("std", 1.0)) <= _EPS:
+            if t in ALONE:
+                m = measure_alone(r, agg)  # as the engine judges it
+                if m is not None and m[1]:
                     return True
             elif t == "jump":
                 step = float(agg["max"]) - float(agg["min"])

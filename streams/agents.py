@@ -23,7 +23,7 @@ from connectors.buffer import BufferedSink, BufferFull, open_spool
 from connectors.influx import open_sink
 from connectors.lineprotocol import Point, aggregate_point, alert_point, zone_point
 from models.stream import StreamScorer
-from streams.alert_agents import URGENT_HEADER, attach_alerting
+from streams.alert_agents import URGENT_HEADERS, attach_alerting
 from streams.api import register_api, register_retention
 from streams.app import Leveller, before_commit, consumer_state, persist, persist_pending, stash
 from streams.deadletter import dead_letter
@@ -75,9 +75,6 @@ YIELD_EVERY = 2000
 CLOSED_STATE_STEP = 250
 #: Frames of at least this many bytes are decoded to points in a thread (see ``timeseries``).
 THREAD_MIN_BYTES = 256 * 1024
-
-
-URGENT = [(URGENT_HEADER, b"1")]
 
 
 def wall_ms() -> int:
@@ -214,7 +211,7 @@ def attach(app: faust.App, settings: Settings) -> None:  # noqa: C901 - one plac
         if out.aggregates and not activity.backlog:
             urgent, rest = urgency.split(out.aggregates)
         ts = _ts(out.aggregates[0]["start_ms"]) if out.aggregates else 0.0
-        for group_aggs, headers in ((urgent, URGENT), (rest, None)):
+        for group_aggs, headers in ((urgent, URGENT_HEADERS), (rest, None)):
             if not group_aggs:
                 continue
             if frame_size > 1:

@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 ROUTE_BATCH = 2000
 #: header of an aggregates frame the windows stage sent ahead of its close (alerting.urgency)
 URGENT_HEADER = "urban.urgent"
+#: the headers the windows stage sends urgent frames with
+URGENT_HEADERS = [(URGENT_HEADER, b"1")]
 RELOAD_INTERVAL_S = 2.0
 
 
@@ -574,5 +576,5 @@ def attach_alerting(  # noqa: C901 - one place that wires it all
     return handle
 
 
-__all__ = ["URGENT_HEADER", "AlertPathActivity", "Alerting", "attach_alerting", "board_origins", "control_topic_for",
-           "decode_routed", "default_sinks", "is_urgent"]
+__all__ = ["URGENT_HEADER", "URGENT_HEADERS", "AlertPathActivity", "Alerting", "attach_alerting", "board_origins",
+           "control_topic_for", "decode_routed", "default_sinks", "is_urgent"]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import orjson
 
-from streams.alert_agents import URGENT_HEADER, decode_routed, is_urgent
+from streams.alert_agents import URGENT_HEADER, URGENT_HEADERS, decode_routed, is_urgent
 from streams.frames import encode_frame
 
-URGENT = [(URGENT_HEADER, b"1")]
+URGENT = URGENT_HEADERS
 
 
 def frame(*aggs: dict[str, object]) -> bytes:
